@@ -1,0 +1,194 @@
+"""A real HTTP/1.1 origin on loopback whose misbehaviour tests switch on per resource.
+
+It serves bytes with ETag/Last-Modified, single Range requests, If-Range and If-None-Match,
+and can fail on purpose: status codes with Retry-After, dropped connections mid-body,
+ignoring Range, a wrong Content-Range, 416, redirects, slow bodies. Every request is logged
+with its headers so tests can assert what went over the wire.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+@dataclass
+class Resource:
+    data: bytes
+    etag: str | None = None
+    last_modified: str | None = None
+    fail_statuses: list[int] = field(default_factory=list)  # consumed, one per GET
+    retry_after: str | None = None
+    ignore_range: bool = False
+    ignore_if_range: bool = False  # serve the range even if the validator changed
+    bad_content_range: bool = False
+    always_416: bool = False
+    drop_after: list[int] = field(default_factory=list)  # consumed: close after N body bytes
+    delay_per_chunk: float = 0.0
+    chunk: int = 64 * 1024
+    redirect_to: str | None = None
+    redirect_status: int = 302
+    gate: threading.Event | None = None  # hold the body until set
+
+    def __post_init__(self) -> None:
+        # None means "make one up"; "" means "send none".
+        if self.etag is None:
+            self.etag = '"' + hashlib.sha256(self.data).hexdigest()[:20] + '"'
+        if self.last_modified is None:
+            self.last_modified = email.utils.formatdate(1_700_000_000, usegmt=True)
+
+    def replace_data(self, data: bytes, etag: str | None = None) -> None:
+        self.data = data
+        self.etag = etag or '"' + hashlib.sha256(data).hexdigest()[:20] + '"'
+        self.last_modified = email.utils.formatdate(time.time(), usegmt=True)
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class FaultServer:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.resources: dict[str, Resource] = {}
+        self.log: list[LoggedRequest] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._serve(head=True)
+
+            def do_GET(self) -> None:
+                self._serve(head=False)
+
+            def _serve(self, head: bool) -> None:
+                path = self.path.split("?", 1)[0]
+                with server._lock:
+                    server.log.append(
+                        LoggedRequest(self.command, self.path, {k: v for k, v in self.headers.items()})
+                    )
+                    res = server.resources.get(path)
+                    status = res.fail_statuses.pop(0) if res and res.fail_statuses and not head else None
+                    drop = (
+                        res.drop_after.pop(0)
+                        if res and res.drop_after and not head and status is None
+                        else None
+                    )
+                if res is None:
+                    return self._simple(404, b"not found")
+                if status is not None:
+                    extra = {"Retry-After": res.retry_after} if res.retry_after else {}
+                    return self._simple(status, b"injected failure", extra)
+                if res.redirect_to is not None:
+                    return self._simple(res.redirect_status, b"", {"Location": res.redirect_to})
+                if res.etag and self.headers.get("If-None-Match") == res.etag:
+                    return self._simple(304, b"", {"ETag": res.etag})
+                data = res.data
+                start, end, code = 0, len(data) - 1, 200
+                rng = self.headers.get("Range")
+                if_range = self.headers.get("If-Range")
+                range_valid = (
+                    res.ignore_if_range or if_range is None or if_range in (res.etag, res.last_modified)
+                )
+                if rng and not res.ignore_range and range_valid:
+                    if res.always_416:
+                        return self._simple(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                    m = _RANGE.match(rng)
+                    if m:
+                        start = int(m.group(1))
+                        end = int(m.group(2)) if m.group(2) else len(data) - 1
+                        if start >= len(data):
+                            return self._simple(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                        end = min(end, len(data) - 1)
+                        code = 206
+                body = data[start : end + 1]
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Accept-Ranges", "bytes")
+                if res.etag:
+                    self.send_header("ETag", res.etag)
+                if res.last_modified:
+                    self.send_header("Last-Modified", res.last_modified)
+                if code == 206:
+                    shown = start + 1 if res.bad_content_range else start
+                    self.send_header("Content-Range", f"bytes {shown}-{end}/{len(data)}")
+                self.end_headers()
+                if head:
+                    return
+                if res.gate is not None:
+                    res.gate.wait(timeout=30)
+                sent = 0
+                try:
+                    for i in range(0, len(body), res.chunk):
+                        piece = body[i : i + res.chunk]
+                        if drop is not None and sent + len(piece) > drop:
+                            self.wfile.write(piece[: max(0, drop - sent)])
+                            self.wfile.flush()
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        self.wfile.write(piece)
+                        sent += len(piece)
+                        if res.delay_per_chunk:
+                            time.sleep(res.delay_per_chunk)
+                except (BrokenPipeError, ConnectionResetError, OSError):
+                    self.close_connection = True
+
+            def _simple(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
+        self.host = host
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def __enter__(self) -> FaultServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def add(self, path: str, resource: Resource) -> str:
+        self.resources[path] = resource
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def requests_for(self, path: str, method: str = "GET") -> list[LoggedRequest]:
+        with self._lock:
+            return [r for r in self.log if r.path.split("?", 1)[0] == path and r.method == method]

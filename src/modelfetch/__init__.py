@@ -1,0 +1,45 @@
+"""modelfetch: fast, verified, crash-safe model downloads and a cache you can trust."""
+
+from ._version import __version__
+from .cache import Cache, CacheEntry, PruneReport, VerifyResult, default_cache_dir
+from .cancel import CancelToken
+from .ensure import ensure, ensure_async
+from .errors import (
+    CacheMissError,
+    CancelledError,
+    CorruptCacheError,
+    DownloadError,
+    InsecureRedirectError,
+    IntegrityError,
+    InvalidSourceError,
+    LockTimeoutError,
+    ModelFetchError,
+)
+from .options import CachePolicy, EnsureOptions
+from .progress import ProgressEvent
+from .source import ModelSource
+
+__all__ = [
+    "Cache",
+    "CacheEntry",
+    "CacheMissError",
+    "CachePolicy",
+    "CancelToken",
+    "CancelledError",
+    "CorruptCacheError",
+    "DownloadError",
+    "EnsureOptions",
+    "InsecureRedirectError",
+    "IntegrityError",
+    "InvalidSourceError",
+    "LockTimeoutError",
+    "ModelFetchError",
+    "ModelSource",
+    "ProgressEvent",
+    "PruneReport",
+    "VerifyResult",
+    "__version__",
+    "default_cache_dir",
+    "ensure",
+    "ensure_async",
+]

@@ -1,0 +1,313 @@
+"""The ``modelfetch`` command line: get, ls, info, rm, prune, clear, verify."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from ._version import __version__
+from .cache import Cache, CacheEntry
+from .cancel import CancelToken
+from .ensure import ensure
+from .errors import ModelFetchError
+from .options import CachePolicy, EnsureOptions
+from .progress import ProgressEvent
+
+_SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(text: str) -> int:
+    """'500M', '10G', '1.5GiB', '1024' -> bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise click.BadParameter(f"{text[:40]!r} is not a size like 500M, 10G or 1048576")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_duration(text: str) -> float:
+    """'30d', '12h', '90m', '3600' -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"{text[:40]!r} is not a duration like 30d, 12h or 3600")
+    return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+class _ProgressPrinter:
+    """Turns ProgressEvents into a tqdm bar and short status lines on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        if event.kind == "start":
+            self.close()
+            self.bar = tqdm(
+                total=event.bytes_total,
+                initial=event.bytes_done,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="resuming" if event.bytes_done else "downloading",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        elif event.kind == "progress" and self.bar is not None:
+            self.bar.update(event.bytes_done - self.bar.n)
+        elif event.kind in ("retry", "restart", "waiting", "not_modified"):
+            self._say(f"{event.kind}: {event.message or event.source}")
+        elif event.kind == "cache_hit":
+            self._say(f"cache hit: {event.source}")
+        elif event.kind == "done":
+            self.close()
+
+    def _say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            click.echo(text, err=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cache(ctx: click.Context) -> Cache:
+    return Cache(ctx.obj.get("cache_dir"))
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _entries_table(entries: list[CacheEntry]) -> None:
+    if not entries:
+        click.echo("(cache is empty)")
+        return
+    click.echo(f"{'KEY':12}  {'SIZE':>10}  {'LAST USED':19}  SOURCE")
+    for e in entries:
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
+        flag = " [transient]" if e.transient else ""
+        click.echo(f"{e.cache_key[:12]}  {human_bytes(e.bytes):>10}  {used}  {e.source}{flag}")
+
+
+class _Group(click.Group):
+    """Turns our errors into a one-line message and exit status 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModelFetchError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--cache-dir",
+    envvar="MODELFETCH_CACHE_DIR",
+    type=click.Path(file_okay=False),
+    help="Cache root (default: MODELFETCH_CACHE_DIR or the platform cache dir).",
+)
+@click.version_option(__version__, prog_name="modelfetch")
+@click.pass_context
+def main(ctx: click.Context, cache_dir: str | None) -> None:
+    """Fetch model files fast, verified and crash-safe, into a cache you can trust."""
+    ctx.obj = {"cache_dir": cache_dir}
+
+
+@main.command()
+@click.argument("source")
+@click.option("--sha256", help="Expected SHA-256; the download fails if it differs.")
+@click.option("--refresh", "policy", flag_value="refresh", help="Revalidate with the origin.")
+@click.option("--cache-only", "policy", flag_value="cache_only", help="Never use the network.")
+@click.option("--no-cache", "policy", flag_value="no_cache", help="Always download (transient).")
+@click.option(
+    "--token",
+    envvar="MODELFETCH_TOKEN",
+    help="Bearer token, sent only to the source's origin (env MODELFETCH_TOKEN; for hf:// "
+    "sources HF_TOKEN is used when unset).",
+)
+@click.option("-H", "--header", "headers", multiple=True, help="Extra header 'Name: value'.")
+@click.option("--no-resume", is_flag=True, help="Discard any partial download.")
+@click.option("--retries", default=3, show_default=True, type=click.IntRange(0, 100))
+@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def get(
+    ctx: click.Context,
+    source: str,
+    sha256: str | None,
+    policy: str | None,
+    token: str | None,
+    headers: tuple[str, ...],
+    no_resume: bool,
+    retries: int,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Ensure SOURCE (path, http(s) URL or hf://owner/repo[@rev]/file) is cached; print its path."""
+    header_map: dict[str, str] = {}
+    for item in headers:
+        name, sep, value = item.partition(":")
+        if not sep:
+            raise click.BadParameter("use 'Name: value'", param_hint="--header")
+        header_map[name.strip()] = value.strip()
+    printer = _ProgressPrinter(quiet)
+    cancel = CancelToken()
+    try:
+        options = EnsureOptions(
+            cache_dir=ctx.obj.get("cache_dir"),
+            policy=CachePolicy(policy or "prefer_cached"),
+            sha256=sha256,
+            bearer_token=token or None,
+            headers=header_map or None,
+            resume=not no_resume,
+            max_retries=retries,
+            cancel=cancel,
+            progress=printer,
+        )
+        entry = ensure(source, options)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        printer.close()
+        click.echo("interrupted; run the same command again to resume", err=True)
+        sys.exit(130)
+    finally:
+        printer.close()
+    if as_json:
+        _emit_json(entry.to_dict())
+    else:
+        click.echo(str(entry.path))
+
+
+@main.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ls_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List cache entries (corrupt ones are skipped)."""
+    entries = _cache(ctx).list()
+    if as_json:
+        _emit_json([e.to_dict() for e in entries])
+    else:
+        _entries_table(entries)
+
+
+@main.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def info(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Show entries matching REF (a source, a cache-key prefix or an entry dir name)."""
+    entries = _cache(ctx).find(ref)
+    if not entries:
+        raise ModelFetchError(f"no cache entry matches {ref[:200]!r}")
+    if as_json:
+        _emit_json([e.to_dict() for e in entries])
+        return
+    for e in entries:
+        for key, value in e.to_dict().items():
+            click.echo(f"{key:14} {value}")
+        click.echo()
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
+    """Remove the entries matching each REF."""
+    cache = _cache(ctx)
+    total = 0
+    for ref in refs:
+        removed = cache.remove(ref)
+        total += len(removed)
+        for e in removed:
+            click.echo(f"removed {e.cache_key[:12]} {e.source}")
+    if total == 0:
+        raise ModelFetchError("nothing matched (or the entry is being downloaded right now)")
+
+
+@main.command()
+@click.option("--max-age", help="Remove entries unused for longer than this (e.g. 30d, 12h).")
+@click.option("--max-bytes", help="Then remove least recently used entries down to this size.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def prune(
+    ctx: click.Context, max_age: str | None, max_bytes: str | None, dry_run: bool, as_json: bool
+) -> None:
+    """Remove stale partial downloads, old entries, and LRU entries over a size budget."""
+    report = _cache(ctx).prune(
+        parse_duration(max_age) if max_age else None,
+        parse_size(max_bytes) if max_bytes else None,
+        dry_run=dry_run,
+    )
+    if as_json:
+        _emit_json(
+            {
+                "removed": [e.to_dict() for e in report.removed],
+                "freed_bytes": report.freed_bytes,
+                "parts_removed": report.parts_removed,
+                "busy_skipped": report.busy_skipped,
+                "dry_run": dry_run,
+            }
+        )
+        return
+    verb = "would remove" if dry_run else "removed"
+    for e in report.removed:
+        click.echo(f"{verb} {e.cache_key[:12]} {human_bytes(e.bytes)} {e.source}")
+    click.echo(
+        f"{verb} {len(report.removed)} entries ({human_bytes(report.freed_bytes)}), "
+        f"{report.parts_removed} stale partial downloads; {report.busy_skipped} busy skipped"
+    )
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def clear(ctx: click.Context, yes: bool) -> None:
+    """Remove every entry (files in the cache root that are not ours are left alone)."""
+    cache = _cache(ctx)
+    if not yes:
+        click.confirm(f"Remove every modelfetch entry under {cache.root}?", abort=True)
+    removed, busy = cache.clear()
+    click.echo(f"removed {removed} entries; {busy} busy (being downloaded) left in place")
+
+
+@main.command()
+@click.argument("ref", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
+    """Re-hash entries fully; corrupt files are removed. Exit 1 if any entry was bad."""
+    results = _cache(ctx).verify(ref)
+    if as_json:
+        _emit_json(
+            [{"directory": str(r.directory), "ok": r.ok, "detail": r.detail} for r in results]
+        )
+    else:
+        for r in results:
+            click.echo(f"{'OK ' if r.ok else 'BAD'} {r.directory.name}: {r.detail}")
+        click.echo(f"{sum(r.ok for r in results)} ok, {sum(not r.ok for r in results)} bad")
+    if not all(r.ok for r in results):
+        sys.exit(1)

@@ -1,0 +1,132 @@
+"""Small filesystem primitives that the cache's crash-safety rests on."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+HASH_CHUNK = 4 * 1024 * 1024
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink inside ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename itself still happened
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
+    """Read a small regular file without following a symlink at its last component.
+
+    Raises OSError for a missing file, a symlink (ELOOP), a non-regular file, or a file over
+    ``max_bytes`` (EFBIG), so a hostile cache directory cannot make us read /dev/zero or a
+    multi-gigabyte "metadata" file.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if st.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+        return data
+    finally:
+        os.close(fd)
+
+
+def lstat_regular(path: Path) -> os.stat_result | None:
+    """``lstat`` that answers None unless ``path`` is a regular file (not a symlink)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def sha256_file(
+    path: Path,
+    limit: int | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[str, int, hashlib._Hash]:
+    """Hash a file (or its first ``limit`` bytes) without following symlinks.
+
+    Returns (hexdigest, bytes_read, hasher) so a caller can keep feeding the hasher, which
+    is how a resumed download continues the hash of its partial file.
+    """
+    hasher = hashlib.sha256()
+    total = 0
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
+            buf = bytearray(HASH_CHUNK)
+            view = memoryview(buf)
+            while limit is None or total < limit:
+                want = HASH_CHUNK if limit is None else min(HASH_CHUNK, limit - total)
+                n = fh.readinto(view[:want])
+                if not n:
+                    break
+                hasher.update(view[:n])
+                total += n
+                if on_chunk is not None:
+                    on_chunk(n)
+    finally:
+        os.close(fd)
+    return hasher.hexdigest(), total, hasher
+
+
+def unlink_quiet(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def is_inside(child: Path, parent: Path) -> bool:
+    """True if ``child`` (not resolved) is ``parent`` itself or lies below it, lexically."""
+    try:
+        Path(os.path.normpath(child)).relative_to(os.path.normpath(parent))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,165 @@
+"""HTTP over urllib3, with our own redirect handling.
+
+urllib3 can follow redirects itself, but its rule for dropping headers is a fixed list
+(Authorization, Cookie, Proxy-Authorization) and it follows https->http. We need every
+caller-supplied header treated as a credential, scoped to the origin that was asked, and no
+downgrade, so redirects are followed here, one hop at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import threading
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import SSLError
+
+from ._version import __version__
+from .errors import DownloadError, InsecureRedirectError
+from .redact import redact_url
+
+MAX_REDIRECTS = 10
+USER_AGENT = f"modelfetch/{__version__}"
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+_pool_lock = threading.Lock()
+_pool: urllib3.PoolManager | None = None
+
+
+def pool() -> urllib3.PoolManager:
+    """One process-wide pool (thread-safe), so connections are reused across calls."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = urllib3.PoolManager(num_pools=32, maxsize=16, retries=False)
+        return _pool
+
+
+def origin_of(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def split_userinfo(url: str) -> tuple[str, dict[str, str]]:
+    """Move ``user:pass@`` out of the URL into a Basic Authorization credential."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    header = "Basic " + base64.b64encode(token.encode("utf-8")).decode("ascii")
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    return clean, {"Authorization": header}
+
+
+class RetryableError(Exception):
+    """A failure worth another attempt (5xx, 429, connection trouble)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value[:12]), 86400))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass
+class Response:
+    raw: urllib3.BaseHTTPResponse
+    url: str  # the final URL after redirects (unredacted: internal use only)
+
+    @property
+    def status(self) -> int:
+        return self.raw.status
+
+    def header(self, name: str) -> str | None:
+        value = self.raw.headers.get(name)
+        return value if isinstance(value, str) else None
+
+    def close(self, *, fully_read: bool = False) -> None:
+        # A half-read body poisons its connection; close it before the pool gets it back.
+        if not fully_read:
+            self.raw.close()
+        self.raw.release_conn()
+
+
+def open_url(
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    credentials: Mapping[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    method: str = "GET",
+) -> Response:
+    """Send a request and follow redirects; return the first non-redirect response.
+
+    ``credentials`` are sent only while the request goes to the origin of ``url``. A
+    redirect from https to http is refused. Transport failures become RetryableError; TLS
+    failures become DownloadError (retrying would not fix a bad certificate).
+    """
+    url, userinfo_creds = split_userinfo(url)
+    creds = {**userinfo_creds, **credentials}
+    asked_origin = origin_of(url)
+    timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+    current = url
+    for _hop in range(MAX_REDIRECTS + 1):
+        send = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+        if origin_of(current) == asked_origin:
+            send.update(creds)
+        try:
+            raw = pool().request(
+                method,
+                current,
+                headers=send,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=timeout,
+            )
+        except SSLError as exc:
+            raise DownloadError(f"TLS error talking to {redact_url(current)}: {exc}") from None
+        except Urllib3HTTPError as exc:
+            raise RetryableError(f"{type(exc).__name__} for {redact_url(current)}") from None
+        if raw.status not in _REDIRECTS:
+            return Response(raw, current)
+        location = raw.headers.get("Location")
+        raw.close()  # never drain a redirect body: a hostile server could make it endless
+        if not location:
+            raise DownloadError(
+                f"redirect {raw.status} without Location from {redact_url(current)}",
+                status=raw.status,
+            )
+        target = urllib.parse.urljoin(current, location.strip())
+        scheme = urllib.parse.urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InsecureRedirectError(f"refusing redirect to a {scheme[:10]!r} URL")
+        if current.lower().startswith("https:") and scheme == "http":
+            raise InsecureRedirectError(
+                f"refusing redirect from https to http ({redact_url(target)}): it would expose "
+                "the download to tampering"
+            )
+        current = target
+    raise InsecureRedirectError(
+        f"more than {MAX_REDIRECTS} redirects starting at {redact_url(url)}"
+    )

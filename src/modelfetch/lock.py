@@ -1,0 +1,86 @@
+"""One writer per cache entry, across threads and processes.
+
+filelock's Unix lock is ``flock(2)`` on a file under ``<root>/locks``: the kernel drops it
+when the holder's process dies (even by SIGKILL), so a crashed download never wedges the
+entry. Each acquisition opens its own descriptor, so two threads of one process exclude each
+other too. Waiting is a loop of short timed attempts, which is what lets a waiter honour its
+cancel token and timeout without ever affecting the holder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import filelock
+
+from .cancel import CancelToken
+from .errors import LockTimeoutError
+
+_POLL = 0.05
+_SLICE = 0.25
+
+
+class EntryLock:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def hold(
+        self,
+        *,
+        cancel: CancelToken | None = None,
+        timeout: float | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Iterator[None]:
+        lock = filelock.FileLock(str(self.path), thread_local=False)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waited = False
+        while True:
+            if cancel is not None:
+                cancel.check()
+            slice_ = (
+                _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
+            )
+            try:
+                lock.acquire(timeout=slice_, poll_interval=_POLL)
+                break
+            except filelock.Timeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockTimeoutError(
+                        f"another download of this entry held its lock for over {timeout:.0f}s; "
+                        "it is still running (a dead holder would have released it)"
+                    ) from None
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def is_held(self) -> bool:
+        """True if some thread or process holds the lock right now."""
+        lock = filelock.FileLock(str(self.path), thread_local=False)
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return True
+        lock.release()
+        return False
+
+    @contextmanager
+    def try_hold(self) -> Iterator[bool]:
+        """Hold the lock if it is free right now; yield whether we got it."""
+        lock = filelock.FileLock(str(self.path), thread_local=False)
+        try:
+            lock.acquire(blocking=False)
+        except filelock.Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()

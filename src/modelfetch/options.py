@@ -1,0 +1,78 @@
+"""EnsureOptions and CachePolicy: everything a caller can tune, validated up front."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .cancel import CancelToken
+from .errors import InvalidSourceError
+from .progress import ProgressCallback
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+
+
+class CachePolicy(str, enum.Enum):
+    PREFER_CACHED = "prefer_cached"  # serve a verified entry; download only on a miss
+    REFRESH = "refresh"  # revalidate with the origin; replace atomically if it changed
+    CACHE_ONLY = "cache_only"  # never touch the network; miss -> CacheMissError
+    NO_CACHE = "no_cache"  # always download, into a transient entry nobody else reuses
+
+
+@dataclass(frozen=True)
+class EnsureOptions:
+    cache_dir: str | os.PathLike[str] | None = None
+    policy: CachePolicy = CachePolicy.PREFER_CACHED
+    sha256: str | None = None
+    bearer_token: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
+    resume: bool = True
+    max_retries: int = 3
+    retry_backoff: float = 0.5  # first back-off in seconds; doubles each failure, with jitter
+    max_backoff: float = 30.0  # also the cap on a server's Retry-After
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    lock_timeout: float | None = None  # None: wait while the holder is alive
+    cancel: CancelToken | None = None
+    progress: ProgressCallback | None = field(default=None, repr=False)
+    hf_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policy", CachePolicy(self.policy))
+        if self.sha256 is not None:
+            if not isinstance(self.sha256, str) or not _HEX64.match(self.sha256):
+                raise InvalidSourceError("sha256 must be 64 hexadecimal characters")
+            object.__setattr__(self, "sha256", self.sha256.lower())
+        if self.headers:
+            for name, value in self.headers.items():
+                if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                    raise InvalidSourceError("header names must be HTTP tokens")
+                if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
+                    raise InvalidSourceError(
+                        f"header {name!r} has a value with CR, LF or NUL (header injection)"
+                    )
+        if self.bearer_token is not None and any(c in self.bearer_token for c in "\r\n\x00 "):
+            raise InvalidSourceError("bearer token must not contain whitespace or control chars")
+        if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 100:
+            raise InvalidSourceError("max_retries must be an integer from 0 to 100")
+        for name in ("retry_backoff", "max_backoff", "connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidSourceError(f"{name} must be a finite number >= 0")
+        if self.lock_timeout is not None and (
+            not math.isfinite(self.lock_timeout) or self.lock_timeout < 0
+        ):
+            raise InvalidSourceError("lock_timeout must be None or a finite number >= 0")
+
+    def merged(self, **overrides: Any) -> EnsureOptions:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **overrides)

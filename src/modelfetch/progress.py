@@ -1,0 +1,55 @@
+"""Progress events delivered to the caller's callback, and throttling of byte counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+EventKind = Literal[
+    "cache_hit",  # served from the cache
+    "waiting",  # another thread or process holds the entry lock
+    "start",  # a transfer begins (bytes_done > 0 means it resumes)
+    "progress",  # bytes arrived
+    "retry",  # a transient failure; message says why, a retry follows after a back-off
+    "restart",  # the partial file could not be trusted and is discarded
+    "not_modified",  # refresh found the cached file still current
+    "done",  # the verified entry is in the cache
+]
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    kind: EventKind
+    source: str  # redacted display form
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    message: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+class ProgressEmitter:
+    """Calls the callback for lifecycle events, and for bytes at most every ``interval`` s."""
+
+    def __init__(self, callback: ProgressCallback | None, source: str, interval: float = 0.1):
+        self._callback = callback
+        self._source = source
+        self._interval = interval
+        self._last = 0.0
+
+    def emit(
+        self, kind: EventKind, done: int = 0, total: int | None = None, message: str = ""
+    ) -> None:
+        if self._callback is not None:
+            self._callback(ProgressEvent(kind, self._source, done, total, message))
+
+    def bytes(self, done: int, total: int | None, *, force: bool = False) -> None:
+        if self._callback is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self._interval:
+            self._last = now
+            self._callback(ProgressEvent("progress", self._source, done, total))

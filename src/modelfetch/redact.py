@@ -1,0 +1,51 @@
+"""Redaction rules: what of a URL or a header may be shown, logged or stored.
+
+One rule for URLs everywhere: userinfo is dropped, the query string and the fragment are
+replaced by a marker. Signed URLs (S3, GCS, Azure SAS, CloudFront) carry their secret in the
+query, and we cannot know every provider's parameter names, so no query value is ever shown.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+
+REDACTED = "<redacted>"
+
+# Header names whose values are secrets. Every header a caller passes is treated as a
+# credential for *sending* purposes (see http_client); this list is only about *showing*.
+_SECRET_HEADER_WORDS = ("auth", "token", "cookie", "key", "secret", "signature", "session")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with userinfo removed and query/fragment replaced by a marker.
+
+    Never raises: a string that does not parse as a URL is reduced to a marker rather than
+    echoed, because it may be a secret pasted in the wrong place.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return REDACTED
+    if not parts.scheme or not parts.netloc:
+        return url if "?" not in url and "@" not in url else REDACTED
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port is not None else host
+    query = REDACTED if parts.query else ""
+    fragment = REDACTED if parts.fragment else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def is_secret_header(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_HEADER_WORDS)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: (REDACTED if is_secret_header(k) else v) for k, v in headers.items()}

@@ -1,0 +1,156 @@
+"""Resume rules: when a partial file may be continued, and how a response is judged.
+
+A ``.part`` file is only continued with ``Range`` when we can tell the bytes on disk and the
+bytes the server will send belong to the same version of the file:
+
+* a strong ETag recorded when the part was started (sent as ``If-Range``), or
+* a Last-Modified date (sent as ``If-Range``), or
+* a caller-supplied SHA-256, which catches any mix-up at the end.
+
+The server's answer then decides: ``206`` with a matching ``Content-Range`` (and ETag, when
+we know one) appends; ``200`` means the server ignored the range or the file changed, so we
+truncate and take the full body from this same response; ``416`` or a ``206`` that does not
+fit restarts from zero. The ``.part.json`` sidecar holds the validator across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from .fsutil import atomic_write_bytes, lstat_regular, read_regular_file, unlink_quiet
+
+PART_SUFFIX = ".part"
+PART_STATE_SUFFIX = ".part.json"
+_MAX_PART_STATE = 16 * 1024
+_CONTENT_RANGE = re.compile(r"^bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)$")
+
+
+@dataclass(frozen=True)
+class PartState:
+    cache_key: str
+    etag: str | None
+    last_modified: str | None
+    total: int | None
+    sha256: str | None
+
+    def if_range(self) -> str | None:
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag  # RFC 9110: If-Range needs a strong validator
+        return self.last_modified
+
+
+def part_paths(entry_dir: Path, file_name: str) -> tuple[Path, Path]:
+    return entry_dir / (file_name + PART_SUFFIX), entry_dir / (file_name + PART_STATE_SUFFIX)
+
+
+def load_part_state(path: Path, cache_key: str) -> PartState | None:
+    """Read a part sidecar; anything odd means 'no usable state' (never an exception)."""
+    try:
+        doc = json.loads(read_regular_file(path, _MAX_PART_STATE).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("cache_key") != cache_key:
+        return None
+
+    def text(key: str) -> str | None:
+        value = doc.get(key)
+        return value if isinstance(value, str) and len(value) <= 1024 else None
+
+    total = doc.get("total")
+    if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total < 2**62:
+        total = None
+    return PartState(cache_key, text("etag"), text("last_modified"), total, text("sha256"))
+
+
+def save_part_state(path: Path, state: PartState) -> None:
+    atomic_write_bytes(path, json.dumps(asdict(state)).encode("utf-8"))
+
+
+def discard_part(entry_dir: Path, file_name: str) -> None:
+    for path in part_paths(entry_dir, file_name):
+        unlink_quiet(path)
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    offset: int  # bytes of the part we intend to keep; 0 means a full download
+    headers: dict[str, str]
+    state: PartState | None
+
+
+def plan_resume(
+    part: Path, state: PartState | None, expected_sha256: str | None, enabled: bool
+) -> ResumePlan:
+    st = lstat_regular(part)
+    size = st.st_size if st else 0
+    if not enabled or size == 0 or state is None:
+        return ResumePlan(0, {}, None)
+    if state.sha256 and expected_sha256 and state.sha256 != expected_sha256:
+        return ResumePlan(0, {}, None)  # the part was started for another expected file
+    if state.total is not None and size >= state.total:
+        return ResumePlan(0, {}, None)  # nothing left to ask for; start clean
+    validator = state.if_range()
+    if validator is None and expected_sha256 is None:
+        return ResumePlan(0, {}, None)  # no way to tell whether the origin changed
+    headers = {"Range": f"bytes={size}-"}
+    if validator is not None:
+        headers["If-Range"] = validator
+    return ResumePlan(size, headers, state)
+
+
+Decision = Literal["append", "truncate", "restart"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    offset: int  # where the body's first byte goes
+    total: int | None  # full size of the file, if known
+    reason: str = ""
+
+
+def judge_response(
+    plan: ResumePlan,
+    status: int,
+    content_range: str | None,
+    content_length: str | None,
+    etag: str | None,
+) -> Verdict:
+    """Decide what to do with a 200/206/416 answer to the request ``plan`` produced."""
+    length = _parse_length(content_length)
+    if status == 200:
+        reason = "server sent the whole file" if plan.offset else ""
+        return Verdict("truncate", 0, length, reason)
+    if status == 416:
+        return Verdict("restart", 0, None, "server answered 416 Range Not Satisfiable")
+    if status != 206:
+        return Verdict("restart", 0, None, f"unexpected status {status}")
+    if plan.offset == 0:
+        return Verdict("restart", 0, None, "206 Partial Content for a request without Range")
+    match = _CONTENT_RANGE.match((content_range or "").strip())
+    if not match:
+        return Verdict("restart", 0, None, "206 without a valid Content-Range")
+    start, end = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    known = plan.state.total if plan.state else None
+    if start != plan.offset or end < start:
+        return Verdict("restart", 0, None, f"Content-Range starts at {start}, not {plan.offset}")
+    if total is not None and end != total - 1:
+        return Verdict("restart", 0, None, "Content-Range does not run to the end of the file")
+    if known is not None and total is not None and total != known:
+        return Verdict("restart", 0, None, "file size changed on the server")
+    if length is not None and length != end - start + 1:
+        return Verdict("restart", 0, None, "Content-Length disagrees with Content-Range")
+    if plan.state and plan.state.etag and etag and etag != plan.state.etag:
+        return Verdict("restart", 0, None, "ETag changed on the server")
+    return Verdict("append", start, total if total is not None else known)
+
+
+def _parse_length(value: str | None) -> int | None:
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 19:
+        return None
+    return int(value.strip())

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devtools.fault_server import FaultServer
+from devtools.genmodel import random_bytes
+from devtools.nginx import Nginx, nginx_binary
+from modelfetch import EnsureOptions
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer() as s:
+        yield s
+
+
+@pytest.fixture
+def other_server() -> Iterator[FaultServer]:
+    """A second origin (different host spelling and port) for cross-origin tests."""
+    with FaultServer(host="127.0.0.2") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def blob() -> bytes:
+    return random_bytes(2_500_000, seed=7)
+
+
+@pytest.fixture(scope="session")
+def blob_sha(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+@pytest.fixture
+def opts(cache_dir: Path) -> EnsureOptions:
+    """Options with fast back-off so retry tests stay quick."""
+    return EnsureOptions(cache_dir=cache_dir, retry_backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture(scope="session")
+def nginx_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nginx-www")
+
+
+@pytest.fixture(scope="session")
+def nginx(nginx_root: Path) -> Iterator[Nginx]:
+    if nginx_binary() is None:
+        pytest.fail("nginx is required (scripts/setup.sh installs it with apt-get)")
+    # /slow/ is rate limited so tests can interrupt a transfer from the real origin.
+    with Nginx(nginx_root, extra_server="location /slow/ { limit_rate 400k; }") as n:
+        yield n
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def entry_dirs(cache_dir: Path) -> list[Path]:
+    root = cache_dir / "entries"
+    return sorted(p for p in root.iterdir()) if root.exists() else []
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, symlinks=True)
