@@ -57,7 +57,7 @@ def nginx(nginx_root: Path) -> Iterator[Nginx]:
     if nginx_binary() is None:
         pytest.fail("nginx is required (scripts/setup.sh installs it with apt-get)")
     # /slow/ is rate limited so tests can interrupt a transfer from the real origin.
-    with Nginx(nginx_root, extra_server="location /slow/ { limit_rate 400k; }") as n:
+    with Nginx(nginx_root, extra_server="location /slow/ { limit_rate 2m; }") as n:
         yield n
 
 

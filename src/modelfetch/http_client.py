@@ -22,9 +22,10 @@ from urllib3.exceptions import SSLError
 
 from ._version import __version__
 from .errors import DownloadError, InsecureRedirectError
-from .redact import redact_url
+from .redact import install_log_redaction, redact_url
 
 MAX_REDIRECTS = 10
+install_log_redaction()
 USER_AGENT = f"modelfetch/{__version__}"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 

@@ -7,6 +7,8 @@ query, and we cannot know every provider's parameter names, so no query value is
 
 from __future__ import annotations
 
+import logging
+import re
 import urllib.parse
 from collections.abc import Mapping
 
@@ -49,3 +51,30 @@ def is_secret_header(name: str) -> bool:
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if is_secret_header(k) else v) for k, v in headers.items()}
+
+
+_QUERY_IN_TEXT = re.compile(r"\?[^\s\"']*")
+
+
+class QueryRedactingFilter(logging.Filter):
+    """Strip query strings from log records of a library we do not control.
+
+    urllib3 logs every request line at DEBUG, query string included; a signed URL's
+    signature would land in the user's logs. This filter rewrites the record's arguments.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _QUERY_IN_TEXT.sub("?" + REDACTED, a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        if isinstance(record.msg, str) and "?" in record.msg and not record.args:
+            record.msg = _QUERY_IN_TEXT.sub("?" + REDACTED, record.msg)
+        return True
+
+
+def install_log_redaction() -> None:
+    logger = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, QueryRedactingFilter) for f in logger.filters):
+        logger.addFilter(QueryRedactingFilter())
