@@ -82,10 +82,14 @@ class FaultServer:
                 path = self.path.split("?", 1)[0]
                 with server._lock:
                     server.log.append(
-                        LoggedRequest(self.command, self.path, {k: v for k, v in self.headers.items()})
+                        LoggedRequest(
+                            self.command, self.path, {k: v for k, v in self.headers.items()}
+                        )
                     )
                     res = server.resources.get(path)
-                    status = res.fail_statuses.pop(0) if res and res.fail_statuses and not head else None
+                    status = (
+                        res.fail_statuses.pop(0) if res and res.fail_statuses and not head else None
+                    )
                     drop = (
                         res.drop_after.pop(0)
                         if res and res.drop_after and not head and status is None
@@ -105,7 +109,9 @@ class FaultServer:
                 rng = self.headers.get("Range")
                 if_range = self.headers.get("If-Range")
                 range_valid = (
-                    res.ignore_if_range or if_range is None or if_range in (res.etag, res.last_modified)
+                    res.ignore_if_range
+                    or if_range is None
+                    or if_range in (res.etag, res.last_modified)
                 )
                 if rng and not res.ignore_range and range_valid:
                     if res.always_416:
@@ -152,7 +158,9 @@ class FaultServer:
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     self.close_connection = True
 
-            def _simple(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            def _simple(
+                self, code: int, body: bytes, headers: dict[str, str] | None = None
+            ) -> None:
                 self.send_response(code)
                 for k, v in (headers or {}).items():
                     self.send_header(k, v)

@@ -168,15 +168,14 @@ def test_refresh_replaces_changed_file_atomically(
     res = Resource(blob)
     url = server.add("/r.gguf", res)
     first = ensure(url, opts)
-    held = open(first.path, "rb")  # a reader holding the old file keeps consistent bytes
-    new = blob[::-1]
-    res.replace_data(new)
-    assert ensure(url, opts).sha256 == first.sha256  # prefer_cached: no revalidation
-    refreshed = ensure(url, opts, policy="refresh")
-    assert refreshed.sha256 == hashlib.sha256(new).hexdigest() == sha256_of(refreshed.path)
-    assert refreshed.path == first.path
-    assert hashlib.sha256(held.read()).hexdigest() == first.sha256
-    held.close()
+    with open(first.path, "rb") as held:  # a reader holding the old file keeps its bytes
+        new = blob[::-1]
+        res.replace_data(new)
+        assert ensure(url, opts).sha256 == first.sha256  # prefer_cached: no revalidation
+        refreshed = ensure(url, opts, policy="refresh")
+        assert refreshed.sha256 == hashlib.sha256(new).hexdigest() == sha256_of(refreshed.path)
+        assert refreshed.path == first.path
+        assert hashlib.sha256(held.read()).hexdigest() == first.sha256
     sent = server.requests_for("/r.gguf")[-1].headers
     assert sent["If-None-Match"] == '"' + hashlib.sha256(blob).hexdigest()[:20] + '"'
 

@@ -109,8 +109,10 @@ def test_four_processes_one_download(
     procs = [_spawn(url, cache_dir, markers, f"p{i}") for i in range(4)]
     try:
         wait_for(
-            lambda: len(list(markers.glob("*.waiting"))) == 3
-            and len(server.requests_for("/mp/model.gguf")) == 1,
+            lambda: (
+                len(list(markers.glob("*.waiting"))) == 3
+                and len(server.requests_for("/mp/model.gguf")) == 1
+            ),
             what="one holder and three waiting processes",
         )
         gate.set()

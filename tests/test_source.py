@@ -31,7 +31,10 @@ def test_hf_revision_spellings_are_one_identity() -> None:
 def test_hf_pr_revision_with_slash_via_query() -> None:
     s = ModelSource.parse("hf://o/r/f.gguf?revision=refs/pr/12")
     assert s.revision == "refs/pr/12"
-    assert s.resolve_url("http://127.0.0.1:9") == "http://127.0.0.1:9/o/r/resolve/refs%2Fpr%2F12/f.gguf"
+    assert (
+        s.resolve_url("http://127.0.0.1:9")
+        == "http://127.0.0.1:9/o/r/resolve/refs%2Fpr%2F12/f.gguf"
+    )
     assert str(s) == "hf://o/r/f.gguf?revision=refs/pr/12"
 
 
