@@ -38,6 +38,9 @@ class Resource:
     redirect_to: str | None = None
     redirect_status: int = 302
     gate: threading.Event | None = None  # hold the body until set
+    accept_ranges: bool = True  # False: no Accept-Ranges header and Range is ignored
+    stall_range_at: int | None = None  # the first range request starting here hangs
+    stalled: bool = False
 
     def __post_init__(self) -> None:
         # None means "make one up"; "" means "send none".
@@ -62,6 +65,7 @@ class LoggedRequest:
 class FaultServer:
     def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.resources: dict[str, Resource] = {}
+        self.closing = threading.Event()
         self.log: list[LoggedRequest] = []
         self._lock = threading.Lock()
         server = self
@@ -113,7 +117,7 @@ class FaultServer:
                     or if_range is None
                     or if_range in (res.etag, res.last_modified)
                 )
-                if rng and not res.ignore_range and range_valid:
+                if rng and not res.ignore_range and res.accept_ranges and range_valid:
                     if res.always_416:
                         return self._simple(416, b"", {"Content-Range": f"bytes */{len(data)}"})
                     m = _RANGE.match(rng)
@@ -128,7 +132,8 @@ class FaultServer:
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Accept-Ranges", "bytes")
+                if res.accept_ranges:
+                    self.send_header("Accept-Ranges", "bytes")
                 if res.etag:
                     self.send_header("ETag", res.etag)
                 if res.last_modified:
@@ -141,6 +146,10 @@ class FaultServer:
                     return
                 if res.gate is not None:
                     res.gate.wait(timeout=30)
+                if code == 206 and start == res.stall_range_at and not res.stalled:
+                    res.stalled = True
+                    server.closing.wait(timeout=30)  # a connection that never delivers
+                    return
                 sent = 0
                 try:
                     for i in range(0, len(body), res.chunk):
@@ -186,6 +195,7 @@ class FaultServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

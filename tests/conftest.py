@@ -72,3 +72,15 @@ def entry_dirs(cache_dir: Path) -> list[Path]:
 
 def copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True)
+
+
+def part_progress(cache_dir: Path, url: str) -> int:
+    """Contiguous bytes a part sidecar records as on disk (what a resume continues from)."""
+    from modelfetch import ModelSource
+    from modelfetch.resume import load_part_state
+    from modelfetch.transfer import contiguous_frontier
+
+    src = ModelSource.parse(url)
+    state_path = cache_dir / "entries" / src.entry_dir_name / (src.file_name + ".part.json")
+    state = load_part_state(state_path, src.cache_key)
+    return 0 if state is None else contiguous_frontier(state.segment_list())

@@ -20,12 +20,11 @@ from modelfetch import (
     CancelToken,
     EnsureOptions,
     LockTimeoutError,
-    ModelSource,
     ProgressEvent,
     ensure,
 )
 
-from .conftest import sha256_of
+from .conftest import part_progress, sha256_of
 
 CHILD = Path(__file__).with_name("child_fetch.py")
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,29 +132,27 @@ def test_four_processes_one_download(
 def test_kill_9_mid_download_then_resume(
     server: FaultServer, cache_dir: Path, tmp_path: Path, blob: bytes, blob_sha: str
 ) -> None:
-    res = Resource(blob, chunk=32 * 1024, delay_per_chunk=0.01)
+    res = Resource(blob, chunk=16 * 1024, delay_per_chunk=0.02)  # ~0.8 MB/s
     url = server.add("/k/model.gguf", res)
-    src = ModelSource.parse(url)
-    part = cache_dir / "entries" / src.entry_dir_name / "model.gguf.part"
     markers = tmp_path / "m"
     markers.mkdir()
     proc = _spawn(url, cache_dir, markers, "victim")
     try:
-        wait_for(lambda: part.exists() and part.stat().st_size > 600_000, what="partial data")
+        wait_for(lambda: part_progress(cache_dir, url) > 300_000, what="a checkpoint on disk")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    kept = part.stat().st_size
+    kept = part_progress(cache_dir, url)
     assert 0 < kept < len(blob)
     res.delay_per_chunk = 0
     # The dead process's lock must not block us (lock_timeout turns a hang into a failure).
     entry = ensure(url, cache_dir=cache_dir, lock_timeout=10)
     assert entry.sha256 == blob_sha == sha256_of(entry.path)
     last = server.requests_for("/k/model.gguf")[-1].headers
-    assert last["Range"] == f"bytes={kept}-" and last["If-Range"] == res.etag
+    assert last["Range"] == f"bytes={kept}-{len(blob) - 1}" and last["If-Range"] == res.etag
 
 
 def test_cancelling_a_waiter_leaves_the_holder_alone(

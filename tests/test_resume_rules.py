@@ -12,7 +12,8 @@ from modelfetch.http_client import parse_retry_after
 from modelfetch.resume import PartState, ResumePlan, judge_response, load_part_state, plan_resume
 
 KEY = "a" * 64
-STATE = PartState(KEY, '"v1"', "Tue, 14 Nov 2023 22:13:20 GMT", 1000, None)
+SEGS = ((0, 1000, 400),)
+STATE = PartState(KEY, '"v1"', "Tue, 14 Nov 2023 22:13:20 GMT", 1000, None, SEGS)
 PLAN = ResumePlan(400, {"Range": "bytes=400-", "If-Range": '"v1"'}, STATE)
 
 
@@ -49,14 +50,17 @@ def test_plan_requires_a_validator_or_sha(tmp_path: Path) -> None:
     part = tmp_path / "m.part"
     part.write_bytes(b"x" * 400)
     assert plan_resume(part, STATE, None, True).headers["If-Range"] == '"v1"'
-    weak = PartState(KEY, 'W/"v1"', None, 1000, None)
+    weak = PartState(KEY, 'W/"v1"', None, 1000, None, SEGS)
     assert plan_resume(part, weak, None, True).offset == 0  # weak ETag can't be If-Range
     assert plan_resume(part, weak, "b" * 64, True).headers == {"Range": "bytes=400-"}
-    other_sha = PartState(KEY, '"v1"', None, 1000, "c" * 64)
+    other_sha = PartState(KEY, '"v1"', None, 1000, "c" * 64, SEGS)
     assert plan_resume(part, other_sha, "b" * 64, True).offset == 0
     assert plan_resume(part, STATE, None, False).offset == 0
-    full = PartState(KEY, '"v1"', None, 400, None)
-    assert plan_resume(part, full, None, True).offset == 0
+    done = PartState(KEY, '"v1"', None, 400, None, ((0, 400, 400),))
+    assert plan_resume(part, done, None, True).offset == 0  # nothing left for one stream
+    lost = PartState(KEY, '"v1"', None, 1000, None, ((0, 1000, 900),))
+    assert plan_resume(part, lost, None, True).state is None  # sidecar claims missing bytes
+    assert plan_resume(part, PartState(KEY, '"v1"', None, 1000, None), None, True).offset == 0
 
 
 @pytest.mark.parametrize(
@@ -71,9 +75,33 @@ def test_hostile_part_state_means_no_state(tmp_path: Path, raw: bytes) -> None:
 
 def test_hostile_part_state_fields_are_dropped(tmp_path: Path) -> None:
     path = tmp_path / "m.part.json"
-    path.write_text(f'{{"cache_key": "{KEY}", "etag": 5, "total": -3, "last_modified": "x"}}')
+    path.write_text(
+        f'{{"cache_key": "{KEY}", "etag": 5, "total": -3, "last_modified": "x", '
+        '"segments": [[0, null, 7]]}'
+    )
     state = load_part_state(path, KEY)
     assert state is not None and state.etag is None and state.total is None
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        "[]",
+        "[[0, 500, 10]]",  # does not reach total
+        "[[0, 500, 10], [600, 1000, 600]]",  # gap
+        "[[0, 500, 10], [400, 1000, 400]]",  # overlap
+        "[[0, 500, 600], [500, 1000, 500]]",  # pos beyond end
+        "[[0, 500, 10], [500, 1000, 499]]",  # pos before start
+        "[[0, 1000, true]]",
+        "[[0, 1000]]",
+        '"0-1000"',
+        "[[0, null, 5], [5, 1000, 5]]",  # open-ended segment must be alone
+    ],
+)
+def test_hostile_segments_are_refused(tmp_path: Path, segments: str) -> None:
+    path = tmp_path / "m.part.json"
+    path.write_text(f'{{"cache_key": "{KEY}", "total": 1000, "segments": {segments}}}')
+    assert load_part_state(path, KEY) is None
 
 
 def test_corrupt_part_sidecar_restarts_download(

@@ -1,30 +1,34 @@
-"""Stream an HTTP(S) file into ``<entry>/<name>.part``, hashing as it arrives, with retries.
+"""Download an HTTP(S) file into ``<entry>/<name>.part``, hashing as it arrives, with retries.
 
-The part file is left in place on failure or cancellation so a later call (in any process)
-can resume it; resume.py decides whether it may. Promotion of the finished part into the
-cache is the cache's job (cache.py), not ours.
+One *attempt* is: decide from the part sidecar what can be kept (resume.py), send one
+request (or, to resume several segments, one per segment), and let transfer.py fill the
+part. A large file from a server that honours ranges is fetched over several connections:
+the first response keeps streaming segment 0 while the other segments are requested, so
+going parallel costs no extra round trip. Failures that are worth it are retried around
+whole attempts, and every attempt resumes what the previous one left on disk.
+
+Promotion of the finished part into the cache is the cache's job (cache.py), not ours.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-
 from .cache import CacheEntry
 from .errors import DownloadError, IntegrityError
-from .fsutil import lstat_regular, sha256_file, unlink_quiet
-from .http_client import Response, RetryableError, open_url, parse_retry_after
+from .fsutil import lstat_regular, unlink_quiet
+from .http_client import Response, RetryableError, open_url, origin_of, parse_retry_after
 from .options import EnsureOptions
 from .progress import ProgressEmitter
 from .redact import redact_url
 from .resume import (
     PartState,
+    ResumePlan,
     discard_part,
     judge_response,
     load_part_state,
@@ -32,12 +36,23 @@ from .resume import (
     plan_resume,
     save_part_state,
 )
+from .transfer import (
+    CHUNK,
+    MIN_SPLIT,
+    SPLIT_ALIGN,
+    RangeUnsupported,
+    Segment,
+    Transfer,
+    contiguous_frontier,
+)
 
-CHUNK = 1024 * 1024
 MAX_RESTARTS = 3
 # Attempts that moved bytes forward do not use up max_retries (a flaky link that keeps
 # delivering should finish), but only this many times, so every loop stays bounded.
 MAX_PROGRESS_ATTEMPTS = 50
+PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
+
+__all__ = ["CHUNK", "FetchResult", "HttpDownloader", "backoff_delay"]
 
 _STATUS_HINTS = {
     401: "the origin wants credentials: pass a bearer token or headers",
@@ -72,6 +87,13 @@ def backoff_delay(failures: int, base: float, cap: float) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
 
+def split_segments(total: int, connections: int) -> list[Segment]:
+    count = max(1, min(connections, total // MIN_SPLIT))
+    size = -(-total // count)
+    size += -size % SPLIT_ALIGN
+    return [Segment(start, min(start + size, total), start) for start in range(0, total, size)]
+
+
 class HttpDownloader:
     def __init__(
         self,
@@ -85,6 +107,7 @@ class HttpDownloader:
         self.credentials = credentials
         self.opts = options
         self.emit = emitter
+        self.single_only = options.connections <= 1
 
     def fetch(
         self,
@@ -101,7 +124,9 @@ class HttpDownloader:
                 cancel.check()
             try:
                 return self._attempt(entry_dir, file_name, cache_key, conditional)
-            except _Restart as exc:
+            except (_Restart, RangeUnsupported) as exc:
+                if isinstance(exc, RangeUnsupported):
+                    self.single_only = True
                 restarts += 1
                 discard_part(entry_dir, file_name)
                 self.emit.emit("restart", message=str(exc))
@@ -110,7 +135,7 @@ class HttpDownloader:
                         f"gave up on {self.display}: {exc} (restarted {MAX_RESTARTS} times)"
                     ) from None
             except RetryableError as exc:
-                progressed = isinstance(exc, _Retry) and exc.progressed
+                progressed = bool(getattr(exc, "progressed", False))
                 if (
                     progressed
                     and self.opts.max_retries
@@ -132,6 +157,7 @@ class HttpDownloader:
                 else:
                     time.sleep(delay)
 
+    # -- one attempt ------------------------------------------------------------------------
     def _attempt(
         self,
         entry_dir: Path,
@@ -142,23 +168,25 @@ class HttpDownloader:
         part, state_path = part_paths(entry_dir, file_name)
         expected = self.opts.sha256
         plan = plan_resume(part, load_part_state(state_path, cache_key), expected, self.opts.resume)
+        state = plan.state
+        if (
+            state is not None
+            and state.total is not None
+            and not (self.single_only and plan.offset > 0)
+            and not (self.single_only and any(e is None for _, e, _ in state.segments))
+        ):
+            return self._resume_segments(part, state_path, state)
+
         headers = dict(plan.headers)
         if conditional is not None and plan.offset == 0:
             if conditional.etag:
                 headers["If-None-Match"] = conditional.etag
             elif conditional.last_modified:
                 headers["If-Modified-Since"] = conditional.last_modified
-        resp = open_url(
-            self.url,
-            headers=headers,
-            credentials=self.credentials,
-            connect_timeout=self.opts.connect_timeout,
-            read_timeout=self.opts.read_timeout,
-        )
-        fully_read = False
+        resp = self._request(self.url, headers)
         try:
-            status = resp.status
-            if status == 304 and conditional is not None:
+            if resp.status == 304 and conditional is not None:
+                resp.close()
                 return FetchResult(
                     conditional.sha256,
                     conditional.bytes,
@@ -166,14 +194,10 @@ class HttpDownloader:
                     conditional.last_modified,
                     not_modified=True,
                 )
-            if status == 429 or status == 408 or status >= 500:
-                raise _Retry(f"HTTP {status}", parse_retry_after(resp.header("Retry-After")))
-            if status not in (200, 206, 416):
-                hint = _STATUS_HINTS.get(status, "the origin refused the request")
-                raise DownloadError(f"HTTP {status} for {self.display}: {hint}", status=status)
+            self._check_status(resp)
             verdict = judge_response(
                 plan,
-                status,
+                resp.status,
                 resp.header("Content-Range"),
                 resp.header("Content-Length"),
                 resp.header("ETag"),
@@ -181,80 +205,174 @@ class HttpDownloader:
             if verdict.decision == "restart":
                 raise _Restart(verdict.reason)
             etag, last_modified = resp.header("ETag"), resp.header("Last-Modified")
+            total = verdict.total
             if verdict.decision == "truncate":
                 if plan.offset:
                     self.emit.emit("restart", message=verdict.reason)
-                save_part_state(
-                    state_path, PartState(cache_key, etag, last_modified, verdict.total, expected)
+                new_state = PartState(cache_key, etag, last_modified, total, expected)
+                parallel = self._parallel_eligible(resp, new_state, total)
+                segments = (
+                    split_segments(total, self.opts.connections)
+                    if parallel and total is not None
+                    else [Segment(0, total, 0)]
                 )
-                hasher = hashlib.sha256()
+                first = segments[0]
+                fresh = True
+                connections = self.opts.connections if parallel else 1
             else:
                 assert plan.state is not None
                 etag = etag or plan.state.etag
                 last_modified = last_modified or plan.state.last_modified
-                _, kept, hasher = sha256_file(part, limit=verdict.offset)
-                if kept != verdict.offset:
-                    raise _Restart("partial file shrank while resuming")
-            done = self._stream(resp, part, verdict.offset, verdict.total, hasher)
-            fully_read = True
+                new_state = PartState(cache_key, etag, last_modified, total, expected)
+                done = Segment(0, plan.offset, plan.offset)
+                first = Segment(plan.offset, total, plan.offset)
+                segments = [done, first]
+                fresh = False
+                connections = 1
+            segment_url = resp.url  # later segments go straight to the final URL
+        except BaseException:
+            resp.close()
+            raise
+        return self._transfer(
+            part,
+            state_path,
+            new_state,
+            segments,
+            (first, resp),
+            fresh,
+            segment_url,
+            plan,
+            connections,
+        )
+
+    def _resume_segments(self, part: Path, state_path: Path, state: PartState) -> FetchResult:
+        segments = state.segment_list()
+        self.emit.emit("start", contiguous_frontier(segments), state.total)
+        plan = ResumePlan(1, {}, state)  # marks the result as resumed for the hash check
+        connections = 1 if self.single_only else self.opts.connections
+        return self._transfer(
+            part, state_path, state, segments, None, False, self.url, plan, connections
+        )
+
+    def _transfer(
+        self,
+        part: Path,
+        state_path: Path,
+        state: PartState,
+        segments: list[Segment],
+        first: tuple[Segment, Response] | None,
+        fresh: bool,
+        segment_url: str,
+        plan: ResumePlan,
+        connections: int,
+    ) -> FetchResult:
+        try:
+            fd = self._open_part(part, state.total if fresh else None, fresh)
+        except BaseException:
+            if first is not None:
+                first[1].close()
+            raise
+        try:
+            snapshot = [[s.start, s.end, s.pos] for s in segments]
+            save_part_state(state_path, state.with_segments(snapshot))
+            if first is not None:
+                self.emit.emit("start", contiguous_frontier(segments), state.total)
+            transfer = Transfer(
+                fd,
+                segments,
+                state.total,
+                open_segment=lambda seg: self._open_segment(segment_url, state, seg),
+                persist=lambda snap: save_part_state(state_path, state.with_segments(snap)),
+                on_bytes=self.emit.bytes,
+                cancel=self.opts.cancel,
+                connections=connections,
+            )
+            digest, size = transfer.run(first)
         finally:
-            resp.close(fully_read=fully_read)
-        digest = hasher.hexdigest()
+            os.close(fd)
+        expected = self.opts.sha256
         if expected and digest != expected:
-            discard_part(entry_dir, file_name)
-            if verdict.offset:
+            discard_part(part.parent, part.name[: -len(".part")])
+            if plan.offset or plan.state is not None:
                 raise _Restart("SHA-256 mismatch after resume")
             raise IntegrityError(
                 f"SHA-256 mismatch for {self.display}: expected {expected}, got {digest}; "
                 "the origin serves different bytes than you pinned"
             )
-        return FetchResult(digest, done, etag, last_modified)
+        return FetchResult(digest, size, state.etag, state.last_modified)
 
-    def _stream(
-        self,
-        resp: Response,
-        part: Path,
-        offset: int,
-        total: int | None,
-        hasher: hashlib._Hash,
-    ) -> int:
-        cancel = self.opts.cancel
+    # -- helpers ------------------------------------------------------------------------------
+    def _request(self, url: str, headers: dict[str, str]) -> Response:
+        same_origin = origin_of(url) == origin_of(self.url)
+        return open_url(
+            url,
+            headers=headers,
+            credentials=self.credentials if same_origin else {},
+            connect_timeout=self.opts.connect_timeout,
+            read_timeout=self.opts.read_timeout,
+        )
+
+    def _check_status(self, resp: Response) -> None:
+        status = resp.status
+        if status == 429 or status == 408 or status >= 500:
+            raise _Retry(f"HTTP {status}", parse_retry_after(resp.header("Retry-After")))
+        if status not in (200, 206, 416):
+            hint = _STATUS_HINTS.get(status, "the origin refused the request")
+            raise DownloadError(f"HTTP {status} for {self.display}: {hint}", status=status)
+
+    def _parallel_eligible(self, resp: Response, state: PartState, total: int | None) -> bool:
+        if self.single_only or total is None or total < PARALLEL_MIN_BYTES:
+            return False
+        if "bytes" not in (resp.header("Accept-Ranges") or "").lower():
+            return False
+        # Pieces from different versions of a file must never be stitched together.
+        return state.if_range() is not None or self.opts.sha256 is not None
+
+    def _open_segment(self, url: str, state: PartState, seg: Segment) -> Response:
+        assert seg.end is not None
+        headers = {"Range": f"bytes={seg.pos}-{seg.end - 1}"}
+        validator = state.if_range()
+        if validator is not None:
+            headers["If-Range"] = validator
+        resp = self._request(url, headers)
+        try:
+            self._check_status(resp)
+            if resp.status == 200:
+                raise RangeUnsupported("the server sent the whole file for a range request")
+            expected_range = f"bytes {seg.pos}-{seg.end - 1}/{state.total}"
+            if resp.status != 206 or (resp.header("Content-Range") or "") != expected_range:
+                raise _Restart(f"unexpected answer to a segment request ({resp.status})")
+            etag = resp.header("ETag")
+            if state.etag and etag and etag != state.etag:
+                raise _Restart("ETag changed on the server")
+        except BaseException:
+            resp.close()
+            raise
+        return resp
+
+    def _open_part(self, part: Path, preallocate: int | None, truncate: bool) -> int:
         if lstat_regular(part) is None:
             unlink_quiet(part)  # a symlink or directory squatting on the part name
-        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(part, flags, 0o644)
         except OSError as exc:
             raise DownloadError(f"cannot write {part}: {exc.strerror}") from None
-        done = offset
-        self.emit.emit("start", offset, total)
         try:
-            with os.fdopen(fd, "wb", buffering=CHUNK) as fh:
-                if offset == 0:
-                    fh.truncate(0)
-                fh.seek(offset)
+            if truncate:
+                os.ftruncate(fd, 0)
+            if preallocate:
                 try:
-                    for chunk in resp.raw.stream(CHUNK, decode_content=False):
-                        if cancel is not None and cancel.cancelled:
-                            fh.flush()
-                            cancel.check()
-                        fh.write(chunk)
-                        hasher.update(chunk)
-                        done += len(chunk)
-                        if total is not None and done > total:
-                            raise _Restart("server sent more bytes than it announced")
-                        self.emit.bytes(done, total)
-                except (Urllib3HTTPError, ConnectionError, TimeoutError) as exc:
-                    fh.flush()
-                    raise _Retry(
-                        f"connection lost after {done} bytes ({type(exc).__name__})",
-                        progressed=done > offset,
-                    ) from None
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from None
-        if total is not None and done != total:
-            raise _Retry(f"body ended at {done} of {total} bytes", progressed=done > offset)
-        self.emit.bytes(done, total, force=True)
-        return done
+                    # Reserve the space now: a full disk fails here, not at 97%.
+                    os.posix_fallocate(fd, 0, preallocate)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise DownloadError(
+                            f"not enough disk space for {self.display} "
+                            f"({preallocate} bytes needed in {part.parent})"
+                        ) from None
+                    os.ftruncate(fd, preallocate)  # filesystem without fallocate
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd

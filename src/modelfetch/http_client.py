@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import http.client
+import socket
 import threading
 import time
 import urllib.parse
@@ -96,10 +98,38 @@ class Response:
         value = self.raw.headers.get(name)
         return value if isinstance(value, str) else None
 
-    def close(self, *, fully_read: bool = False) -> None:
-        # A half-read body poisons its connection; close it before the pool gets it back.
-        if not fully_read:
-            self.raw.close()
+    def readinto(self, buf: memoryview) -> int:
+        """Read body bytes straight into ``buf``.
+
+        urllib3's own ``readinto`` goes through ``read()`` and copies every chunk; for
+        multi-gigabyte bodies that copy is measurable, so when the response wraps a plain
+        ``http.client.HTTPResponse`` (it does for identity-encoded bodies) we read from it
+        directly. It still enforces Content-Length (IncompleteRead) and chunked framing.
+        """
+        fp = getattr(self.raw, "_fp", None)
+        if isinstance(fp, http.client.HTTPResponse):
+            return fp.readinto(buf) or 0
+        data = self.raw.read(len(buf), decode_content=False)
+        buf[: len(data)] = data
+        return len(data)
+
+    def abort(self) -> None:
+        """Unblock a thread stuck reading this response (from another thread).
+
+        Closing a socket does not wake a thread blocked in recv(); shutting it down does.
+        """
+        conn = getattr(self.raw, "connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        # Bodies are read around urllib3's bookkeeping, so never hand the connection back
+        # for reuse; a fresh TCP connection per multi-megabyte body costs nothing measurable.
+        self.raw.close()
         self.raw.release_conn()
 
 

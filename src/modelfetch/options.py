@@ -42,6 +42,7 @@ class EnsureOptions:
     cancel: CancelToken | None = None
     progress: ProgressCallback | None = field(default=None, repr=False)
     hf_endpoint: str | None = None
+    connections: int = 8  # parallel ranged connections for large files; 1 = one stream
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))
@@ -61,6 +62,8 @@ class EnsureOptions:
             raise InvalidSourceError("bearer token must not contain whitespace or control chars")
         if not isinstance(self.max_retries, int) or not 0 <= self.max_retries <= 100:
             raise InvalidSourceError("max_retries must be an integer from 0 to 100")
+        if not isinstance(self.connections, int) or not 1 <= self.connections <= 64:
+            raise InvalidSourceError("connections must be an integer from 1 to 64")
         for name in ("retry_backoff", "max_backoff", "connect_timeout", "read_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

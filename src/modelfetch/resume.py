@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from .fsutil import atomic_write_bytes, lstat_regular, read_regular_file, unlink_quiet
+from .transfer import Segment, contiguous_frontier, validate_segments
 
 PART_SUFFIX = ".part"
 PART_STATE_SUFFIX = ".part.json"
@@ -36,6 +37,17 @@ class PartState:
     last_modified: str | None
     total: int | None
     sha256: str | None
+    # [start, end, pos] per segment, tiling [0, total): bytes [start, pos) are on disk.
+    segments: tuple[tuple[int, int | None, int], ...] = ()
+
+    def segment_list(self) -> list[Segment]:
+        return [Segment(start, end, pos) for start, end, pos in self.segments]
+
+    def with_segments(self, snapshot: list[list[int | None]]) -> PartState:
+        segs = tuple((int(a or 0), b, int(c or 0)) for a, b, c in snapshot)
+        return PartState(
+            self.cache_key, self.etag, self.last_modified, self.total, self.sha256, segs
+        )
 
     def if_range(self) -> str | None:
         if self.etag and not self.etag.startswith("W/"):
@@ -63,7 +75,17 @@ def load_part_state(path: Path, cache_key: str) -> PartState | None:
     total = doc.get("total")
     if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total < 2**62:
         total = None
-    return PartState(cache_key, text("etag"), text("last_modified"), total, text("sha256"))
+    segments = validate_segments(doc.get("segments"), total)
+    if segments is None:
+        return None  # without trustworthy positions nothing on disk can be kept
+    return PartState(
+        cache_key,
+        text("etag"),
+        text("last_modified"),
+        total,
+        text("sha256"),
+        tuple((seg.start, seg.end, seg.pos) for seg in segments),
+    )
 
 
 def save_part_state(path: Path, state: PartState) -> None:
@@ -77,7 +99,7 @@ def discard_part(entry_dir: Path, file_name: str) -> None:
 
 @dataclass(frozen=True)
 class ResumePlan:
-    offset: int  # bytes of the part we intend to keep; 0 means a full download
+    offset: int  # contiguous bytes of the part we keep; 0 means a full download
     headers: dict[str, str]
     state: PartState | None
 
@@ -85,17 +107,22 @@ class ResumePlan:
 def plan_resume(
     part: Path, state: PartState | None, expected_sha256: str | None, enabled: bool
 ) -> ResumePlan:
-    st = lstat_regular(part)
-    size = st.st_size if st else 0
-    if not enabled or size == 0 or state is None:
+    if not enabled or state is None or not state.segments:
         return ResumePlan(0, {}, None)
+    st = lstat_regular(part)
+    needed = max(pos for _, _, pos in state.segments)
+    if st is None or st.st_size < needed:
+        return ResumePlan(0, {}, None)  # the part lost data the sidecar says it has
     if state.sha256 and expected_sha256 and state.sha256 != expected_sha256:
         return ResumePlan(0, {}, None)  # the part was started for another expected file
-    if state.total is not None and size >= state.total:
-        return ResumePlan(0, {}, None)  # nothing left to ask for; start clean
     validator = state.if_range()
     if validator is None and expected_sha256 is None:
         return ResumePlan(0, {}, None)  # no way to tell whether the origin changed
+    size = contiguous_frontier(state.segment_list())
+    if size == 0 or (state.total is not None and size >= state.total):
+        # Nothing contiguous to continue from with one stream (or nothing left to ask
+        # for); the segments themselves may still be resumed (download.py decides).
+        return ResumePlan(0, {}, state)
     headers = {"Range": f"bytes={size}-"}
     if validator is not None:
         headers["If-Range"] = validator

@@ -1,0 +1,419 @@
+"""Moving bytes from HTTP responses into a part file: one stream or several, hashed in order.
+
+The part file is covered by *segments* that tile ``[0, total)``; each has a position up to
+which its bytes are on disk. Workers (one thread and one connection each) ``pwrite`` at
+their segment's position. A worker that finishes splits the largest remaining segment in
+two, or takes over a segment whose connection stalled, so slow tails do not hold the
+download back (the way aria2 re-splits, but with no fixed piece list).
+
+SHA-256 must be computed in file order. A single hasher thread does it: a chunk that lands
+exactly at the hash frontier is handed over in memory (a single stream is never read back),
+and data that arrived out of order is read back with ``pread`` once the frontier reaches it
+(from the page cache, moments after it was written). Buffers come from a fixed pool, so
+memory stays bounded whatever the file size.
+
+Every second, and whenever the transfer stops, the segment positions are saved to the part
+sidecar after an ``fdatasync``, so a killed process resumes from what is really on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from .cancel import CancelToken
+from .errors import CancelledError, DownloadError
+from .http_client import Response, RetryableError
+
+CHUNK = 1024 * 1024
+HASH_READ = 4 * 1024 * 1024
+MIN_SPLIT = 8 * 1024 * 1024  # never leave a worker less than this to fetch after a split
+SPLIT_ALIGN = 1024 * 1024
+STALL_SECONDS = 5.0
+PERSIST_SECONDS = 1.0
+
+TRANSPORT_ERRORS = (Urllib3HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+class RangeUnsupported(Exception):
+    """A segment request was not answered with the exact range: use one stream instead."""
+
+
+class TransferRetry(RetryableError):
+    def __init__(self, message: str, progressed: bool) -> None:
+        super().__init__(message)
+        self.progressed = progressed
+
+
+@dataclass
+class Segment:
+    start: int
+    end: int | None  # exclusive; None only for a single stream of unknown length
+    pos: int
+    active: bool = False
+    last_progress: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.end is None else max(0, self.end - self.pos)
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and self.pos >= self.end
+
+
+def validate_segments(raw: object, total: int | None) -> list[Segment] | None:
+    """Segments loaded from a part sidecar: they must tile [0, total) exactly."""
+    if not isinstance(raw, list) or not raw or len(raw) > 4096:
+        return None
+    segs: list[Segment] = []
+    expect = 0
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 3):
+            return None
+        start, end, pos = item
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, pos)):
+            return None
+        if end is not None and (not isinstance(end, int) or isinstance(end, bool)):
+            return None
+        if start != expect or pos < start or (end is not None and not start <= pos <= end):
+            return None
+        segs.append(Segment(start, end, pos))
+        if end is None:
+            expect = -1
+            break
+        expect = end
+    if expect == -1:
+        return segs if total is None and len(segs) == len(raw) else None
+    return segs if total is not None and expect == total else None
+
+
+def contiguous_frontier(segments: list[Segment]) -> int:
+    frontier = 0
+    for seg in segments:
+        if seg.start != frontier:
+            break
+        frontier = seg.pos
+        if not seg.done:
+            break
+    return frontier
+
+
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data = data[n:]
+        offset += n
+
+
+class Transfer:
+    """One attempt at filling a part file. Raises TransferRetry, RangeUnsupported,
+    DownloadError or CancelledError; on success returns (sha256 hex, total bytes)."""
+
+    def __init__(
+        self,
+        fd: int,
+        segments: list[Segment],
+        total: int | None,
+        *,
+        open_segment: Callable[[Segment], Response],
+        persist: Callable[[list[list[int | None]]], None],
+        on_bytes: Callable[[int, int | None], None],
+        cancel: CancelToken | None,
+        connections: int,
+    ) -> None:
+        self.fd = fd
+        self.segments = segments
+        self.total = total
+        self.open_segment = open_segment
+        self.persist_cb = persist
+        self.on_bytes = on_bytes
+        self.cancel = cancel
+        self.connections = max(1, connections)
+        self.cond = threading.Condition()
+        self.claim = 0  # end of the bytes hashed or queued for hashing
+        self.hash_queue: deque[tuple[memoryview, int]] = deque()
+        self.hasher = hashlib.sha256()
+        self.hash_done = False
+        self.abort = False
+        self.error: BaseException | None = None
+        self.pool: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(self.connections + 6):
+            self.pool.put(memoryview(bytearray(CHUNK)))
+        self.initial_done = sum(s.pos - s.start for s in segments)
+        self.running = 0
+        self.live: dict[int, Response] = {}  # worker thread id -> its open response
+
+    # -- bookkeeping (call with self.cond held) --------------------------------------------
+    def _done_bytes(self) -> int:
+        return sum(s.pos - s.start for s in self.segments)
+
+    def _snapshot(self) -> list[list[int | None]]:
+        return [[s.start, s.end, s.pos] for s in self.segments]
+
+    def _next_work(self) -> Segment | None:
+        for seg in self.segments:
+            if not seg.active and not seg.done and seg.end is not None:
+                seg.active = True
+                seg.last_progress = time.monotonic()
+                return seg
+        busy = [s for s in self.segments if s.active and s.remaining > 0]
+        if not busy:
+            return None
+        now = time.monotonic()
+        stalled = [s for s in busy if now - s.last_progress > STALL_SECONDS]
+        if stalled:
+            # Take the whole remainder: its connection is alive but not delivering.
+            victim = max(stalled, key=lambda s: s.remaining)
+            new = Segment(victim.pos, victim.end, victim.pos, True, now)
+            victim.end = victim.pos  # its worker stops at its next chunk
+        else:
+            victim = max(busy, key=lambda s: s.remaining)
+            if victim.remaining < 2 * MIN_SPLIT:
+                return None
+            assert victim.end is not None
+            mid = victim.pos + victim.remaining // 2
+            mid -= mid % SPLIT_ALIGN
+            new = Segment(mid, victim.end, mid, True, now)
+            victim.end = mid
+        self.segments.append(new)
+        self.segments.sort(key=lambda s: s.start)
+        return new
+
+    def _work_or_exit(self) -> Segment | None:
+        """Next piece of work; while other segments are still running, linger so a stall
+        that starts later can still be rescued. None: the transfer needs no more workers."""
+        while True:
+            seg = self._next_work()
+            if seg is not None or self.abort or all(s.done for s in self.segments):
+                return seg
+            self.cond.wait(0.25)
+
+    # -- threads ---------------------------------------------------------------------------
+    def _pump(self, resp: Response, seg: Segment) -> None:
+        while True:
+            if self.cancel is not None and self.cancel.cancelled:
+                self._cancelled()
+            with self.cond:
+                if self.abort:
+                    return
+                limit = None if seg.end is None else seg.end - seg.pos
+            if limit is not None and limit <= 0:
+                return
+            buf = self._buffer()
+            if buf is None:
+                return
+            want = CHUNK if limit is None else min(CHUNK, limit)
+            n = resp.readinto(buf[:want])
+            if not n:
+                self.pool.put(buf)
+                if seg.end is None:
+                    with self.cond:
+                        seg.end = seg.pos
+                        self.total = seg.pos
+                        self.cond.notify_all()
+                return
+            with self.cond:
+                offset = seg.pos
+                allowed = n if seg.end is None else min(n, seg.end - offset)
+            if allowed <= 0:
+                self.pool.put(buf)
+                return
+            pwrite_all(self.fd, buf[:allowed], offset)
+            with self.cond:
+                if seg.pos == offset:  # a stall take-over may have moved on meanwhile
+                    seg.pos += allowed
+                    seg.last_progress = time.monotonic()
+                if offset == self.claim:
+                    self.hash_queue.append((buf, allowed))
+                    self.claim += allowed
+                    buf = None
+                self.cond.notify_all()
+            if buf is not None:
+                self.pool.put(buf)
+
+    def _buffer(self) -> memoryview | None:
+        while True:
+            try:
+                return self.pool.get(timeout=0.25)
+            except queue.Empty:
+                with self.cond:
+                    if self.abort:
+                        return None
+
+    def _worker(self, seg: Segment | None, resp: Response | None) -> None:
+        try:
+            while seg is not None:
+                try:
+                    if resp is None:
+                        resp = self.open_segment(seg)
+                    with self.cond:
+                        self.live[threading.get_ident()] = resp
+                    self._pump(resp, seg)
+                except TRANSPORT_ERRORS as exc:
+                    with self.cond:
+                        taken_over = seg.done
+                    if not taken_over:  # a stalled connection whose work moved on is no error
+                        raise TransferRetry(
+                            f"connection lost ({type(exc).__name__})", progressed=True
+                        ) from None
+                finally:
+                    with self.cond:
+                        self.live.pop(threading.get_ident(), None)
+                    if resp is not None:
+                        resp.close()
+                        resp = None
+                with self.cond:
+                    if self.abort:
+                        return
+                    if seg.end is not None and seg.pos < seg.end:
+                        raise TransferRetry(
+                            f"connection ended early at byte {seg.pos}", progressed=True
+                        )
+                    seg.active = False
+                    seg = self._work_or_exit()
+        except BaseException as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, TRANSPORT_ERRORS):
+                exc = DownloadError(f"cannot write the partial file: {exc.strerror or exc}")
+            with self.cond:
+                if self.error is None:
+                    self.error = exc
+                self.abort = True
+                self.cond.notify_all()
+        finally:
+            if resp is not None:
+                resp.close()
+            with self.cond:
+                self.running -= 1
+                self.cond.notify_all()
+
+    def _hash_loop(self) -> None:
+        try:
+            while True:
+                with self.cond:
+                    while True:
+                        if self.hash_queue:
+                            buf, n = self.hash_queue.popleft()
+                            start = -1
+                            break
+                        frontier = contiguous_frontier(self.segments)
+                        if frontier > self.claim:
+                            start = self.claim
+                            n = min(frontier - start, HASH_READ)
+                            self.claim += n
+                            break
+                        if self.total is not None and self.claim >= self.total:
+                            self.hash_done = True
+                            self.cond.notify_all()
+                            return
+                        if self.abort:
+                            return
+                        self.cond.wait(0.25)
+                if start < 0:
+                    self.hasher.update(buf[:n])
+                    self.pool.put(buf)
+                else:
+                    while n > 0:
+                        data = os.pread(self.fd, min(n, HASH_READ), start)
+                        if not data:
+                            raise DownloadError("partial file is shorter than what was written")
+                        self.hasher.update(data)
+                        start += len(data)
+                        n -= len(data)
+        except BaseException as exc:
+            with self.cond:
+                self.error = self.error or exc
+                self.abort = True
+                self.cond.notify_all()
+
+    # -- coordinator (the caller's thread) --------------------------------------------------
+    def run(self, first: tuple[Segment, Response] | None) -> tuple[str, int]:
+        threads: list[threading.Thread] = []
+        hasher = threading.Thread(target=self._hash_loop, name="modelfetch-hash", daemon=True)
+        hasher.start()
+        with self.cond:
+            assignments: list[tuple[Segment | None, Response | None]] = []
+            if first is not None:
+                first[0].active = True
+                first[0].last_progress = time.monotonic()
+                assignments.append(first)
+            while len(assignments) < self.connections:
+                seg = self._next_work()
+                if seg is None:
+                    break
+                assignments.append((seg, None))
+            self.running = len(assignments)
+        for seg, resp in assignments:
+            t = threading.Thread(target=self._worker, args=(seg, resp), daemon=True)
+            t.start()
+            threads.append(t)
+        last_persist = time.monotonic()
+        try:
+            while True:
+                with self.cond:
+                    self.cond.wait(0.1)
+                    running, done = self.running, self._done_bytes()
+                    finished = running == 0
+                    if running and self.segments and all(s.done for s in self.segments):
+                        # Everything is on disk; only connections whose work was taken
+                        # over are left, possibly stuck in recv(). Wake them up.
+                        self.abort = True
+                        for stuck in self.live.values():
+                            stuck.abort()
+                if self.cancel is not None and self.cancel.cancelled:
+                    self._cancelled()
+                self.on_bytes(done, self.total)
+                if finished:
+                    break
+                if time.monotonic() - last_persist >= PERSIST_SECONDS:
+                    self._persist()
+                    last_persist = time.monotonic()
+        finally:
+            for t in threads:
+                t.join()
+        with self.cond:
+            if self.error is None and not all(s.done for s in self.segments):
+                self.error = TransferRetry("a segment was left unfinished", progressed=True)
+            if self.error is None and self.total is None:
+                self.error = DownloadError("internal error: length unknown after the body ended")
+        if self.error is None:
+            hasher.join()
+        else:
+            with self.cond:
+                self.abort = True
+                self.cond.notify_all()
+            hasher.join()
+        self._persist()
+        if self.error is not None:
+            error = self.error
+            if isinstance(error, TransferRetry):
+                with self.cond:
+                    error.progressed = self._done_bytes() > self.initial_done
+            raise error
+        if not self.hash_done or self.total is None:
+            raise DownloadError("internal error: transfer ended before the hash caught up")
+        self.on_bytes(self.total, self.total)
+        return self.hasher.hexdigest(), self.total
+
+    def _cancelled(self) -> None:
+        with self.cond:
+            self.abort = True
+            self.error = self.error or CancelledError(
+                "cancelled by the caller; partial data is kept for resume"
+            )
+            self.cond.notify_all()
+
+    def _persist(self) -> None:
+        with self.cond:
+            snapshot = self._snapshot()
+        os.fdatasync(self.fd)  # positions are only recorded for bytes that are on disk
+        self.persist_cb(snapshot)
