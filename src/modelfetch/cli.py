@@ -151,6 +151,14 @@ def main(ctx: click.Context, cache_dir: str | None) -> None:
 @click.option("-H", "--header", "headers", multiple=True, help="Extra header 'Name: value'.")
 @click.option("--no-resume", is_flag=True, help="Discard any partial download.")
 @click.option("--retries", default=3, show_default=True, type=click.IntRange(0, 100))
+@click.option(
+    "-x",
+    "--connections",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Parallel connections for large files on servers that support ranges.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
@@ -163,6 +171,7 @@ def get(
     headers: tuple[str, ...],
     no_resume: bool,
     retries: int,
+    connections: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -184,6 +193,7 @@ def get(
             headers=header_map or None,
             resume=not no_resume,
             max_retries=retries,
+            connections=connections,
             cancel=cancel,
             progress=printer,
         )

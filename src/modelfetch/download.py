@@ -290,6 +290,7 @@ class HttpDownloader:
             digest, size = transfer.run(first)
         finally:
             os.close(fd)
+        self.emit.bytes(size, size, force=True)
         expected = self.opts.sha256
         if expected and digest != expected:
             discard_part(part.parent, part.name[: -len(".part")])

@@ -98,18 +98,27 @@ class Response:
         value = self.raw.headers.get(name)
         return value if isinstance(value, str) else None
 
-    def readinto(self, buf: memoryview) -> int:
-        """Read body bytes straight into ``buf``.
+    def readinto(self, buf: memoryview, *, bounded: bool) -> int:
+        """Read what has arrived (at least one byte, at most ``len(buf)``) into ``buf``.
 
-        urllib3's own ``readinto`` goes through ``read()`` and copies every chunk; for
-        multi-gigabyte bodies that copy is measurable, so when the response wraps a plain
-        ``http.client.HTTPResponse`` (it does for identity-encoded bodies) we read from it
-        directly. It still enforces Content-Length (IncompleteRead) and chunked framing.
+        Returns 0 at the end of the body. Returns as soon as any data is there, so progress,
+        cancellation and stall detection stay responsive on slow links.
+
+        With ``bounded`` the caller promises ``len(buf)`` is no more than the body bytes
+        still due (we always know that for a sized body: it is what the segment lacks).
+        Then bytes go straight from the socket's buffer into ``buf``: urllib3's own
+        ``readinto`` copies through ``read()``, and ``http.client``'s fills the whole buffer
+        before returning. Chunked or unsized bodies go through ``http.client``'s ``read1``,
+        which knows their framing.
         """
         fp = getattr(self.raw, "_fp", None)
         if isinstance(fp, http.client.HTTPResponse):
-            return fp.readinto(buf) or 0
-        data = self.raw.read(len(buf), decode_content=False)
+            stream = getattr(fp, "fp", None)
+            if bounded and not fp.chunked and stream is not None and hasattr(stream, "readinto1"):
+                return int(stream.readinto1(buf))
+            data = fp.read1(len(buf))
+        else:
+            data = self.raw.read1(len(buf), decode_content=False)
         buf[: len(data)] = data
         return len(data)
 
