@@ -31,7 +31,22 @@ from devtools.nginx import Nginx
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 REPO = "bench/model"
+CDN_RATE_MB = 60
+CDN_TOOLS = ("curl", "aria2c -x8", "modelfetch (default)", "modelfetch -x8 always")
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+NOTES = {
+    "curl": "no hash, no fsync",
+    "curl + sync": "durable, no hash",
+    "curl + sha256sum": "verified (2nd read), not durable",
+    "aria2c -x8": "no hash, no fsync",
+    "huggingface_hub": "no hash check",
+    "pooch (known_hash)": "hash after download (2nd read)",
+    "modelfetch (default)": "one stream + O_DIRECT; adds streams if < 300 MB/s",
+    "modelfetch -x1": "SHA-256 inline, O_DIRECT, fsynced, atomic",
+    "modelfetch -x8 always": "8 streams from the start, SHA-256 in order",
+}
 
 
 @dataclass
@@ -134,6 +149,7 @@ def download_commands(
     target = work / "curl" / name
     return {
         "curl": (["curl", "-s", "-o", str(target), url], None),
+        "curl + sync": (["sh", "-c", f'curl -s -o "{target}" "{url}" && sync "{target}"'], None),
         "curl + sha256sum": (
             [
                 "sh",
@@ -179,18 +195,21 @@ def download_commands(
             """),
             None,
         ),
-        "modelfetch -x1": (mf_get(work, url, sha, 1), None),
-        "modelfetch -x8": (mf_get(work, url, sha, 8), None),
+        "modelfetch (default)": (mf_get(work, url, sha, 8, 300.0), None),
+        "modelfetch -x1": (mf_get(work, url, sha, 1, 300.0), None),
+        "modelfetch -x8 always": (mf_get(work, url, sha, 8, None), None),
     }
 
 
-def mf_get(work: Path, url: str, sha: str, connections: int) -> list[str]:
+def mf_get(
+    work: Path, url: str, sha: str, connections: int, parallel_below: float | None
+) -> list[str]:
     return py_tool(f"""
         import json, time
         from modelfetch import ensure
         t = time.perf_counter()
         ensure({url!r}, cache_dir={str(work / "mf")!r}, sha256={sha!r},
-               connections={connections})
+               connections={connections}, parallel_below_mbps={parallel_below!r})
         print("BENCH " + json.dumps({{"seconds": time.perf_counter() - t}}))
     """)
 
@@ -306,6 +325,10 @@ def main() -> None:
         "/{REPO}/resolve/main/{hit_name}" "\\"{hit_sha}\\"";
     }}"""
     extra_server = f"""
+    location /cdn/ {{
+        alias {www}/;
+        limit_rate {CDN_RATE_MB}m;
+    }}
     location /{REPO}/resolve/main/ {{
         alias {www}/;
         add_header X-Repo-Commit {COMMIT} always;
@@ -317,13 +340,8 @@ def main() -> None:
         url = nginx.url(name)
         commands = download_commands(work, url, endpoint, name, sha)
         rows = {k: Row(k) for k in commands}
-        rows["curl + sha256sum"].note = "verified, not durable"
-        rows["curl"].note = "no hash, no fsync"
-        rows["aria2c -x8"].note = "no hash, no fsync"
-        rows["huggingface_hub"].note = "no hash check"
-        rows["pooch (known_hash)"].note = "hash after download (2nd read)"
-        rows["modelfetch -x1"].note = "SHA-256 inline, fsynced, atomic"
-        rows["modelfetch -x8"].note = "SHA-256 in order, fsynced, atomic"
+        for tool, note in NOTES.items():
+            rows[tool].note = note
         for run in range(args.runs):
             for tool, (cmd, env) in commands.items():
                 reset_outputs(work)
@@ -336,12 +354,28 @@ def main() -> None:
             size,
         )
 
+        cdn_url = f"http://127.0.0.1:{nginx.port}/cdn/{name}"
+        cdn_cmds = download_commands(work, cdn_url, endpoint, name, sha)
+        cdn_rows = {k: Row(k, note=NOTES[k]) for k in CDN_TOOLS}
+        for run in range(args.runs):
+            for tool in CDN_TOOLS:
+                reset_outputs(work)
+                sample = run_process(*cdn_cmds[tool])
+                cdn_rows[tool].samples.append(sample)
+                print(f"  cdn run {run + 1}/{args.runs} {tool:24} {sample.wall:6.2f}s", flush=True)
+        results["download_cdn"] = print_download_table(
+            f"Download {args.size_mib} MiB from a CDN-like origin limited to "
+            f"{CDN_RATE_MB} MB/s per connection, medians of {args.runs} runs",
+            list(cdn_rows.values()),
+            size,
+        )
+
         print(f"\npopulating caches with the {args.hit_size_mib} MiB file ...", flush=True)
         reset_outputs(work)
         hit_url = nginx.url(hit_name)
         big = download_commands(work, hit_url, endpoint, hit_name, hit_sha)
         big_rows = []
-        for tool in ("curl", "modelfetch -x8", "huggingface_hub", "pooch (known_hash)"):
+        for tool in ("curl", "modelfetch (default)", "huggingface_hub", "pooch (known_hash)"):
             cmd, env = big[tool]
             row = Row(tool, [run_process(cmd, env)])
             big_rows.append(row)

@@ -45,7 +45,7 @@ def test_parallel_download_splits_into_ranges(
 ) -> None:
     res = Resource(big)
     url = server.add(PATH, res)
-    entry = ensure(url, opts, connections=4)
+    entry = ensure(url, opts, connections=4, parallel_below_mbps=None)
     assert entry.sha256 == big_sha == sha256_of(entry.path)
     reqs = server.requests_for(PATH)
     assert "Range" not in reqs[0].headers  # the first response streams segment 0
@@ -67,7 +67,9 @@ def test_no_validator_means_one_stream_unless_sha_is_pinned(
     url = server.add(PATH, Resource(big, etag="", last_modified=""))
     assert ensure(url, opts, connections=4).sha256 == big_sha
     assert len(server.requests_for(PATH)) == 1
-    pinned = ensure(url, opts, connections=4, sha256=big_sha, policy="refresh")
+    pinned = ensure(
+        url, opts, connections=4, sha256=big_sha, policy="refresh", parallel_below_mbps=None
+    )
     assert pinned.sha256 == big_sha
     assert len(range_starts(server)) == 3  # with a pinned hash, pieces can be checked
 
@@ -77,7 +79,7 @@ def test_advertised_but_ignored_ranges_fall_back_to_one_stream(
 ) -> None:
     url = server.add(PATH, Resource(big, ignore_range=True))
     events: list[ProgressEvent] = []
-    entry = ensure(url, opts, connections=4, progress=events.append)
+    entry = ensure(url, opts, connections=4, progress=events.append, parallel_below_mbps=None)
     assert entry.sha256 == big_sha == sha256_of(entry.path)
     assert "restart" in [e.kind for e in events]
     assert "Range" not in server.requests_for(PATH)[-1].headers
@@ -89,7 +91,7 @@ def test_segments_resume_after_a_failed_attempt(
     res = Resource(big, drop_after=[3 * MiB])  # the first connection dies early
     url = server.add(PATH, res)
     with pytest.raises(DownloadError):
-        ensure(url, opts, connections=4, max_retries=0)
+        ensure(url, opts, connections=4, max_retries=0, parallel_below_mbps=None)
     first_round = len(server.requests_for(PATH))
     entry = ensure(url, opts, connections=4)
     assert entry.sha256 == big_sha == sha256_of(entry.path)
@@ -113,7 +115,7 @@ def test_stalled_connection_is_taken_over(
     monkeypatch.setattr(transfer_mod, "STALL_SECONDS", 0.5)
     res = Resource(big, stall_range_at=20 * MiB)
     url = server.add(PATH, res)
-    entry = ensure(url, opts, connections=4, read_timeout=60)
+    entry = ensure(url, opts, connections=4, read_timeout=60, parallel_below_mbps=None)
     assert entry.sha256 == big_sha == sha256_of(entry.path)
     assert res.stalled
     assert range_starts(server).count(20 * MiB) == 2  # asked again by an idle worker
@@ -123,8 +125,30 @@ def test_parallel_against_nginx(nginx: Nginx, nginx_root: Path, opts: EnsureOpti
     data = random_bytes(48 * MiB, seed=22)
     (nginx_root / "par").mkdir(exist_ok=True)
     (nginx_root / "par" / "model.gguf").write_bytes(data)
-    entry = ensure(nginx.url("par/model.gguf"), opts, connections=6)
+    entry = ensure(nginx.url("par/model.gguf"), opts, connections=6, parallel_below_mbps=None)
     assert entry.sha256 == hashlib.sha256(data).hexdigest() == sha256_of(entry.path)
     log = (nginx.prefix / "access.log").read_text().splitlines()
     partial = [line for line in log if "/par/model.gguf" in line and '" 206 ' in line]
     assert len(partial) == 5  # six segments: the first over the plain GET, five ranges
+
+
+def test_fast_single_stream_stays_single(
+    server: FaultServer, opts: EnsureOptions, big: bytes, big_sha: str
+) -> None:
+    url = server.add(PATH, Resource(big))
+    # A threshold no stream can be under: one connection is enough.
+    assert ensure(url, opts, connections=4, parallel_below_mbps=0.0).sha256 == big_sha
+    assert len(server.requests_for(PATH)) == 1
+
+
+def test_slow_single_stream_ramps_up_to_more_connections(
+    server: FaultServer, opts: EnsureOptions, big: bytes, big_sha: str
+) -> None:
+    # ~6 MB/s per connection: far below the threshold, so the remainder is split up.
+    url = server.add(PATH, Resource(big, chunk=64 * 1024, delay_per_chunk=0.01))
+    events: list[ProgressEvent] = []
+    entry = ensure(url, opts, connections=4, parallel_below_mbps=300.0, progress=events.append)
+    assert entry.sha256 == big_sha == sha256_of(entry.path)
+    assert "Range" not in server.requests_for(PATH)[0].headers
+    starts = range_starts(server)
+    assert 1 <= len(starts) <= 3 and all(s % MiB == 0 for s in starts)

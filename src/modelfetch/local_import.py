@@ -7,10 +7,11 @@ import os
 from pathlib import Path
 
 from .cancel import CancelToken
-from .download import CHUNK, FetchResult
+from .download import FetchResult
 from .errors import DownloadError, IntegrityError
 from .fsutil import unlink_quiet
 from .progress import ProgressEmitter
+from .transfer import CHUNK
 
 
 def import_local_file(

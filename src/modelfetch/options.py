@@ -42,7 +42,11 @@ class EnsureOptions:
     cancel: CancelToken | None = None
     progress: ProgressCallback | None = field(default=None, repr=False)
     hf_endpoint: str | None = None
-    connections: int = 8  # parallel ranged connections for large files; 1 = one stream
+    connections: int = 8  # most parallel ranged connections for a large file; 1 = one stream
+    # Start with one stream and open the other connections only if it delivers less than
+    # this many MB/s after a second (a per-connection-limited CDN, not a fast LAN, where one
+    # stream with direct I/O is fastest). None: all connections from the start.
+    parallel_below_mbps: float | None = 300.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))
@@ -64,6 +68,12 @@ class EnsureOptions:
             raise InvalidSourceError("max_retries must be an integer from 0 to 100")
         if not isinstance(self.connections, int) or not 1 <= self.connections <= 64:
             raise InvalidSourceError("connections must be an integer from 1 to 64")
+        if self.parallel_below_mbps is not None and (
+            not isinstance(self.parallel_below_mbps, (int, float))
+            or not math.isfinite(self.parallel_below_mbps)
+            or self.parallel_below_mbps < 0
+        ):
+            raise InvalidSourceError("parallel_below_mbps must be None or a finite number >= 0")
         for name in ("retry_backoff", "max_backoff", "connect_timeout", "read_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

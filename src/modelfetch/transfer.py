@@ -18,8 +18,10 @@ sidecar after an ``fdatasync``, so a killed process resumes from what is really 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
+import mmap
 import os
 import queue
 import threading
@@ -46,6 +48,9 @@ MIN_SPLIT = 8 * 1024 * 1024  # never leave a worker less than this to fetch afte
 SPLIT_ALIGN = 1024 * 1024
 STALL_SECONDS = 5.0
 PERSIST_SECONDS = 1.0
+RAMP_SECONDS = 0.25
+FLUSH_SECONDS = 1.0  # a direct-I/O buffer is written out at least this often
+DIRECT_ALIGN = 4096
 WRITEBACK_BYTES = 16 * 1024 * 1024
 
 TRANSPORT_ERRORS = (Urllib3HTTPError, http.client.HTTPException, ConnectionError, TimeoutError)
@@ -68,6 +73,7 @@ class Segment:
     pos: int
     active: bool = False
     last_progress: float = 0.0
+    pending: int = 0  # received into a buffer, not yet written (shown as progress only)
 
     @property
     def remaining(self) -> int:
@@ -132,13 +138,16 @@ class Transfer:
         segments: list[Segment],
         total: int | None,
         *,
+        direct_fd: int | None = None,
         open_segment: Callable[[Segment], Response],
         persist: Callable[[list[list[int | None]]], None],
         on_bytes: Callable[[int, int | None], None],
         cancel: CancelToken | None,
         connections: int,
+        ramp_below: float | None = None,
     ) -> None:
         self.fd = fd
+        self.direct_fd = direct_fd
         self.segments = segments
         self.total = total
         self.open_segment = open_segment
@@ -146,6 +155,9 @@ class Transfer:
         self.on_bytes = on_bytes
         self.cancel = cancel
         self.connections = max(1, connections)
+        # None: all connections from the start. A rate (bytes/s): start with one stream and
+        # add the others only if it delivers less than that after RAMP_SECONDS.
+        self.ramp_below = ramp_below if self.connections > 1 else None
         self.cond = threading.Condition()
         self.claim = 0  # end of the bytes hashed or queued for hashing
         self.hash_queue: deque[tuple[memoryview, int]] = deque()
@@ -153,10 +165,13 @@ class Transfer:
         self.hash_done = False
         self.abort = False
         self.error: BaseException | None = None
-        self.chunk = SINGLE_STREAM_CHUNK if self.connections == 1 else PARALLEL_CHUNK
-        self.pool: queue.Queue[memoryview] = queue.Queue()
-        for _ in range(self.connections + SPARE_BUFFERS):
-            self.pool.put(memoryview(bytearray(self.chunk)))
+        single_start = self.connections == 1 or self.ramp_below is not None
+        self.chunk = SINGLE_STREAM_CHUNK if single_start else PARALLEL_CHUNK
+        # LIFO: the buffer just handed back is reused first, so the pages actually touched
+        # (the RSS) stay at what the pipeline needs rather than the whole pool.
+        self.pool: queue.LifoQueue[memoryview] = queue.LifoQueue()
+        self._maps: list[mmap.mmap] = []
+        self._add_buffers(1 if single_start else self.connections, self.chunk)
         self.initial_done = sum(s.pos - s.start for s in segments)
         self.running = 0
         self.live: dict[int, Response] = {}  # worker thread id -> its open response
@@ -164,6 +179,9 @@ class Transfer:
     # -- bookkeeping (call with self.cond held) --------------------------------------------
     def _done_bytes(self) -> int:
         return sum(s.pos - s.start for s in self.segments)
+
+    def _shown_bytes(self) -> int:
+        return sum(s.pos - s.start + s.pending for s in self.segments)
 
     def _snapshot(self) -> list[list[int | None]]:
         return [[s.start, s.end, s.pos] for s in self.segments]
@@ -197,6 +215,27 @@ class Transfer:
         self.segments.sort(key=lambda s: s.start)
         return new
 
+    def _ramp_up(self) -> int:
+        """Split the largest remaining segment into equal unassigned pieces for new workers.
+        Returns how many workers to start."""
+        busy = [s for s in self.segments if s.active and s.remaining > 0]
+        if not busy:
+            return 0
+        victim = max(busy, key=lambda s: s.remaining)
+        assert victim.end is not None
+        pieces = min(self.connections, victim.remaining // MIN_SPLIT)
+        if pieces < 2:
+            return 0
+        step = victim.remaining // pieces
+        cuts = [victim.pos + i * step for i in range(1, pieces)]
+        cuts = [c - c % SPLIT_ALIGN for c in cuts]
+        bounds = [*cuts, victim.end]
+        for start, end in zip(cuts, bounds[1:], strict=True):
+            self.segments.append(Segment(start, end, start))
+        victim.end = cuts[0]
+        self.segments.sort(key=lambda s: s.start)
+        return pieces - 1
+
     def _work_or_exit(self) -> Segment | None:
         """Next piece of work; while other segments are still running, linger so a stall
         that starts later can still be rescued. None: the transfer needs no more workers."""
@@ -208,46 +247,111 @@ class Transfer:
 
     # -- threads ---------------------------------------------------------------------------
     def _pump(self, resp: Response, seg: Segment) -> None:
-        while True:
-            if self.cancel is not None and self.cancel.cancelled:
-                self._cancelled()
-            with self.cond:
-                if self.abort:
+        """Move one response's body into the segment.
+
+        Buffered mode writes every read. Direct mode (O_DIRECT) fills a page-aligned buffer
+        and writes whole aligned blocks, carrying an unaligned remainder (< 4 KiB) into the
+        next buffer, so bytes skip the page cache and need no writeback at the end. Either
+        way a segment's position only moves after its bytes are written.
+        """
+        with self.cond:
+            # Only bytes at the hash frontier skip the page cache: they are hashed from the
+            # buffer. Bytes that arrive ahead of it are read back for hashing, cheaply,
+            # from the page cache.
+            at_frontier = contiguous_frontier(self.segments) >= seg.pos
+        direct = self.direct_fd is not None and seg.pos % DIRECT_ALIGN == 0 and at_frontier
+        buf = self._buffer()
+        fill = 0
+        since = time.monotonic()
+        try:
+            while buf is not None:
+                if self.cancel is not None and self.cancel.cancelled:
+                    self._cancelled()
+                with self.cond:
+                    if self.abort:
+                        return
+                    limit = None if seg.end is None else seg.end - seg.pos
+                if limit is not None and limit - fill <= 0:
                     return
-                limit = None if seg.end is None else seg.end - seg.pos
-            if limit is not None and limit <= 0:
-                return
-            buf = self._buffer()
-            if buf is None:
-                return
-            want = self.chunk if limit is None else min(self.chunk, limit)
-            n = resp.readinto(buf[:want], bounded=limit is not None)
-            if not n:
-                self.pool.put(buf)
-                if seg.end is None:
+                room = len(buf) - fill
+                want = room if limit is None else min(room, limit - fill)
+                n = resp.readinto(buf[fill : fill + want], bounded=limit is not None)
+                if not n:
+                    if seg.end is None:
+                        buf, fill = self._flush(seg, buf, fill, direct=False, final=True)
+                        with self.cond:
+                            seg.end = seg.pos
+                            self.total = seg.pos
+                            self.cond.notify_all()
+                    return
+                fill += n
+                now = time.monotonic()
+                with self.cond:
+                    seg.last_progress = now  # bytes are arriving: not stalled
+                    seg.pending = fill
+                final = limit is not None and fill >= limit
+                if not direct or final or fill == len(buf) or now - since >= FLUSH_SECONDS:
+                    buf, fill = self._flush(seg, buf, fill, direct=direct, final=final)
+                    since = now
                     with self.cond:
-                        seg.end = seg.pos
-                        self.total = seg.pos
-                        self.cond.notify_all()
-                return
+                        seg.pending = fill
+        finally:
             with self.cond:
-                offset = seg.pos
-                allowed = n if seg.end is None else min(n, seg.end - offset)
-            if allowed <= 0:
-                self.pool.put(buf)
-                return
-            pwrite_all(self.fd, buf[:allowed], offset)
-            with self.cond:
-                if seg.pos == offset:  # a stall take-over may have moved on meanwhile
-                    seg.pos += allowed
-                    seg.last_progress = time.monotonic()
-                if offset == self.claim:
-                    self.hash_queue.append((buf, allowed))
-                    self.claim += allowed
-                    buf = None
-                self.cond.notify_all()
+                seg.pending = 0
             if buf is not None:
-                self.pool.put(buf)
+                if fill:  # keep what arrived before a stop, written the plain way
+                    buf, fill = self._flush(seg, buf, fill, direct=False, final=True)
+                if buf is not None:
+                    self.pool.put(buf)
+
+    def _flush(
+        self, seg: Segment, buf: memoryview, fill: int, *, direct: bool, final: bool
+    ) -> tuple[memoryview | None, int]:
+        """Write ``buf[:fill]`` at the segment's position; return (buffer to go on with,
+        bytes already in it)."""
+        with self.cond:
+            offset = seg.pos
+            allowed = fill if seg.end is None else min(fill, seg.end - offset)
+        if allowed <= 0:
+            return buf, 0  # the segment was taken over; its new owner fetches these bytes
+        size = allowed if (final or not direct) else allowed - allowed % DIRECT_ALIGN
+        if size == 0:
+            return buf, fill
+        if direct and self.direct_fd is not None:
+            aligned = size - size % DIRECT_ALIGN
+            try:
+                pwrite_all(self.direct_fd, buf[:aligned], offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.direct_fd = None  # the filesystem refuses O_DIRECT after all
+                aligned = 0
+            pwrite_all(self.fd, buf[aligned:size], offset + aligned)
+        else:
+            pwrite_all(self.fd, buf[:size], offset)
+        carry = allowed - size
+        nxt: memoryview | None = None
+        if carry:
+            nxt = self._buffer()
+            if nxt is not None:
+                nxt[:carry] = buf[size:allowed]
+        with self.cond:
+            if seg.pos == offset:  # a stall take-over may have moved on meanwhile
+                seg.pos += size
+            if offset == self.claim:
+                self.hash_queue.append((buf, size))
+                self.claim += size
+                handed = True
+            else:
+                handed = False
+            self.cond.notify_all()
+        if not handed:
+            if nxt is None and not carry:
+                return buf, 0
+            self.pool.put(buf)
+        if nxt is None and not carry:
+            nxt = self._buffer()
+        return nxt, carry if nxt is not None else 0
 
     def _buffer(self) -> memoryview | None:
         while True:
@@ -260,6 +364,9 @@ class Transfer:
 
     def _worker(self, seg: Segment | None, resp: Response | None) -> None:
         try:
+            if seg is None:
+                with self.cond:
+                    seg = self._next_work()
             while seg is not None:
                 try:
                     if resp is None:
@@ -354,7 +461,10 @@ class Transfer:
                 first[0].active = True
                 first[0].last_progress = time.monotonic()
                 assignments.append(first)
-            while len(assignments) < self.connections:
+            start_with = (
+                1 if self.ramp_below is not None and first is not None else self.connections
+            )
+            while len(assignments) < start_with:
                 seg = self._next_work()
                 if seg is None:
                     break
@@ -364,13 +474,14 @@ class Transfer:
             t = threading.Thread(target=self._worker, args=(seg, resp), daemon=True)
             t.start()
             threads.append(t)
-        last_persist = time.monotonic()
+        last_persist = started = time.monotonic()
         written_back = 0
+        ramp_pending = self.ramp_below is not None and first is not None
         try:
             while True:
                 with self.cond:
                     self.cond.wait(0.1)
-                    running, done = self.running, self._done_bytes()
+                    running, done = self.running, self._shown_bytes()
                     finished = running == 0
                     if running and self.segments and all(s.done for s in self.segments):
                         # Everything is on disk; only connections whose work was taken
@@ -383,6 +494,12 @@ class Transfer:
                 self.on_bytes(done, self.total)
                 if finished:
                     break
+                elapsed = time.monotonic() - started
+                if ramp_pending and elapsed >= RAMP_SECONDS:
+                    ramp_pending = False
+                    assert self.ramp_below is not None
+                    if (done - self.initial_done) / elapsed < self.ramp_below:
+                        threads.extend(self._spawn_more())
                 with self.cond:
                     frontier = contiguous_frontier(self.segments)
                 if frontier - written_back >= WRITEBACK_BYTES:
@@ -417,6 +534,28 @@ class Transfer:
             raise DownloadError("internal error: transfer ended before the hash caught up")
         self.on_bytes(self.total, self.total)
         return self.hasher.hexdigest(), self.total
+
+    def _add_buffers(self, workers: int, size: int) -> None:
+        spare = SPARE_BUFFERS if not self._maps else 0
+        for _ in range(workers + spare):
+            m = mmap.mmap(-1, size)  # anonymous mmaps are page-aligned, as O_DIRECT needs
+            self._maps.append(m)
+            self.pool.put(memoryview(m))
+
+    def _spawn_more(self) -> list[threading.Thread]:
+        with self.cond:
+            if self.abort:
+                return []
+            extra = self._ramp_up()
+            self.running += extra
+        self._add_buffers(extra, PARALLEL_CHUNK)
+        threads = [
+            threading.Thread(target=self._worker, args=(None, None), daemon=True)
+            for _ in range(extra)
+        ]
+        for t in threads:
+            t.start()
+        return threads
 
     def _cancelled(self) -> None:
         with self.cond:
