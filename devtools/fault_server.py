@@ -38,6 +38,7 @@ class Resource:
     redirect_to: str | None = None
     redirect_status: int = 302
     gate: threading.Event | None = None  # hold the body until set
+    headers: dict[str, str] = field(default_factory=dict)  # sent on every answer
     accept_ranges: bool = True  # False: no Accept-Ranges header and Range is ignored
     stall_range_at: int | None = None  # the first range request starting here hangs
     stalled: bool = False
@@ -105,7 +106,9 @@ class FaultServer:
                     extra = {"Retry-After": res.retry_after} if res.retry_after else {}
                     return self._simple(status, b"injected failure", extra)
                 if res.redirect_to is not None:
-                    return self._simple(res.redirect_status, b"", {"Location": res.redirect_to})
+                    return self._simple(
+                        res.redirect_status, b"", {"Location": res.redirect_to, **res.headers}
+                    )
                 if res.etag and self.headers.get("If-None-Match") == res.etag:
                     return self._simple(304, b"", {"ETag": res.etag})
                 data = res.data
@@ -134,6 +137,8 @@ class FaultServer:
                 self.send_header("Content-Type", "application/octet-stream")
                 if res.accept_ranges:
                     self.send_header("Accept-Ranges", "bytes")
+                for name, value in res.headers.items():
+                    self.send_header(name, value)
                 if res.etag:
                     self.send_header("ETag", res.etag)
                 if res.last_modified:

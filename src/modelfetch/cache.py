@@ -26,7 +26,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import platformdirs
@@ -79,6 +79,7 @@ class CacheEntry:
     updated_at: str
     transient: bool
     last_used: float = field(compare=False)
+    commit: str | None = None
 
     @classmethod
     def from_metadata(cls, directory: Path, meta: EntryMetadata, last_used: float) -> CacheEntry:
@@ -96,6 +97,7 @@ class CacheEntry:
             updated_at=meta.updated_at,
             transient=meta.transient,
             last_used=last_used,
+            commit=meta.commit,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -112,6 +114,7 @@ class CacheEntry:
             "updated_at": self.updated_at,
             "transient": self.transient,
             "last_used": self.last_used,
+            "commit": self.commit,
         }
 
 
@@ -313,6 +316,7 @@ class Cache:
         etag: str | None,
         last_modified: str | None,
         transient: bool = False,
+        commit: str | None = None,
     ) -> CacheEntry:
         """Move a finished, verified part into place and write its sidecar."""
         part, part_state = part_paths(directory, source.file_name)
@@ -339,15 +343,18 @@ class Cache:
             last_modified=last_modified,
             transient=transient,
             stamp=FileStamp.of(os.lstat(final)),
+            commit=commit,
         )
         write_metadata(directory, meta)
         unlink_quiet(part_state)
         return CacheEntry.from_metadata(directory, meta, self._touch(directory))
 
-    def mark_revalidated(self, entry: CacheEntry) -> CacheEntry:
-        """Refresh found the file unchanged at the origin: bump updated_at only."""
+    def mark_revalidated(self, entry: CacheEntry, commit: str | None = None) -> CacheEntry:
+        """Refresh found the file unchanged at the origin: bump updated_at (and the commit)."""
         meta = read_metadata(entry.directory)
         meta = meta.with_stamp(meta.stamp)
+        if commit is not None:
+            meta = replace(meta, commit=commit)
         write_metadata(entry.directory, meta)
         return CacheEntry.from_metadata(entry.directory, meta, self._touch(entry.directory))
 

@@ -16,8 +16,10 @@ import errno
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .cache import CacheEntry
 from .errors import DownloadError, IntegrityError
@@ -50,6 +52,7 @@ MAX_RESTARTS = 3
 # delivering should finish), but only this many times, so every loop stays bounded.
 MAX_PROGRESS_ATTEMPTS = 50
 PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
+T = TypeVar("T")
 
 _STATUS_HINTS = {
     401: "the origin wants credentials: pass a bearer token or headers",
@@ -66,6 +69,7 @@ class FetchResult:
     etag: str | None
     last_modified: str | None
     not_modified: bool = False
+    commit: str | None = None  # the hub commit a Hugging Face revision resolved to
 
 
 class _Restart(Exception):
@@ -76,6 +80,14 @@ class _Retry(RetryableError):
     def __init__(self, message: str, retry_after: float | None = None, progressed: bool = False):
         super().__init__(message, retry_after)
         self.progressed = progressed
+
+
+def status_error(status: int, display: str, retry_after: str | None) -> Exception:
+    """The exception for an unwanted status: retryable for 5xx/408/429, final otherwise."""
+    if status == 429 or status == 408 or status >= 500:
+        return _Retry(f"HTTP {status}", parse_retry_after(retry_after))
+    hint = _STATUS_HINTS.get(status, "the origin refused the request")
+    return DownloadError(f"HTTP {status} for {display}: {hint}", status=status)
 
 
 def backoff_delay(failures: int, base: float, cap: float) -> float:
@@ -130,18 +142,25 @@ class HttpDownloader:
         conditional: CacheEntry | None = None,
     ) -> FetchResult:
         """Download into the part file and return its verified digest; retry what is worth it."""
+        return self.retrying(
+            lambda: self._attempt(entry_dir, file_name, cache_key, conditional),
+            lambda: discard_part(entry_dir, file_name),
+        )
+
+    def retrying(self, attempt: Callable[[], T], discard: Callable[[], None]) -> T:
+        """Run ``attempt`` until it succeeds, retrying transient failures with back-off."""
         failures = progress_attempts = restarts = 0
         cancel = self.opts.cancel
         while True:
             if cancel is not None:
                 cancel.check()
             try:
-                return self._attempt(entry_dir, file_name, cache_key, conditional)
+                return attempt()
             except (_Restart, RangeUnsupported) as exc:
                 if isinstance(exc, RangeUnsupported):
                     self.single_only = True
                 restarts += 1
-                discard_part(entry_dir, file_name)
+                discard()
                 self.emit.emit("restart", message=str(exc))
                 if restarts > MAX_RESTARTS:
                     raise DownloadError(
@@ -337,12 +356,8 @@ class HttpDownloader:
         )
 
     def _check_status(self, resp: Response) -> None:
-        status = resp.status
-        if status == 429 or status == 408 or status >= 500:
-            raise _Retry(f"HTTP {status}", parse_retry_after(resp.header("Retry-After")))
-        if status not in (200, 206, 416):
-            hint = _STATUS_HINTS.get(status, "the origin refused the request")
-            raise DownloadError(f"HTTP {status} for {self.display}: {hint}", status=status)
+        if resp.status not in (200, 206, 416):
+            raise status_error(resp.status, self.display, resp.header("Retry-After"))
 
     def _parallel_eligible(self, resp: Response, state: PartState, total: int | None) -> bool:
         if self.single_only or total is None or total < PARALLEL_MIN_BYTES:

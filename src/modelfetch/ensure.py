@@ -13,16 +13,20 @@ import functools
 import logging
 import os
 import shutil
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from .cache import Cache, CacheEntry
 from .cancel import CancelToken
 from .download import FetchResult, HttpDownloader
-from .errors import CacheMissError
+from .errors import CacheMissError, DownloadError, IntegrityError
+from .hf import head_hub_file
 from .local_import import import_local_file
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEmitter
-from .resume import part_paths
+from .remote import RemoteTier
+from .resume import discard_part, part_paths
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch")
@@ -46,21 +50,66 @@ def credentials_for(source: ModelSource, opts: EnsureOptions) -> dict[str, str]:
 
 def _fetch(
     source: ModelSource,
-    directory: os.PathLike[str] | str,
+    directory: Path,
     opts: EnsureOptions,
     emitter: ProgressEmitter,
     conditional: CacheEntry | None = None,
 ) -> FetchResult:
-    from pathlib import Path
-
-    directory = Path(directory)
     if source.kind == "path":
         assert source.local_path is not None
         part, _ = part_paths(directory, source.file_name)
         return import_local_file(source.local_path, part, opts.sha256, emitter, opts.cancel)
     url = source.resolve_url(opts.hf_endpoint)
-    downloader = HttpDownloader(url, credentials_for(source, opts), opts, emitter)
-    return downloader.fetch(directory, source.file_name, source.cache_key, conditional)
+    creds = credentials_for(source, opts)
+    if source.kind != "hf":
+        downloader = HttpDownloader(url, creds, opts, emitter)
+        return downloader.fetch(directory, source.file_name, source.cache_key, conditional)
+    return _fetch_from_hub(source, url, creds, directory, opts, emitter, conditional)
+
+
+def _fetch_from_hub(
+    source: ModelSource,
+    url: str,
+    creds: dict[str, str],
+    directory: Path,
+    opts: EnsureOptions,
+    emitter: ProgressEmitter,
+    conditional: CacheEntry | None,
+) -> FetchResult:
+    """Ask the hub for the file's SHA-256 and commit first, then download and verify."""
+    probe = HttpDownloader(url, creds, opts, emitter)
+    info = probe.retrying(
+        lambda: head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout),
+        lambda: None,
+    )
+    expected = opts.sha256
+    if info.sha256 and expected and info.sha256 != expected:
+        raise IntegrityError(
+            f"{source.display}: the hub lists SHA-256 {info.sha256}, but {expected} was "
+            "pinned; check the revision or the pinned hash"
+        )
+    expected = expected or info.sha256
+    if conditional is not None and expected is not None and conditional.sha256 == expected:
+        return FetchResult(
+            conditional.sha256,
+            conditional.bytes,
+            conditional.etag,
+            conditional.last_modified,
+            not_modified=True,
+            commit=info.commit,
+        )
+    downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter)
+    result = downloader.fetch(
+        directory,
+        source.file_name,
+        source.cache_key,
+        conditional if expected is None else None,
+    )
+    if info.size is not None and result.bytes != info.size:
+        raise IntegrityError(
+            f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
+        )
+    return replace(result, commit=info.commit)
 
 
 def ensure(
@@ -76,7 +125,7 @@ def ensure(
     src = ModelSource.coerce(source)
     cache = Cache(opts.cache_dir)
     emitter = ProgressEmitter(opts.progress, src.display)
-    policy = opts.policy
+    policy = CachePolicy.CACHE_ONLY if offline_for(src) else opts.policy
 
     if policy is CachePolicy.NO_CACHE:
         return _ensure_transient(cache, src, opts, emitter)
@@ -104,10 +153,16 @@ def ensure(
             raise CacheMissError(_miss_message(src))
         directory.mkdir(exist_ok=True)
         log.debug("fetching %s into %s", src.display, directory)
-        result = _fetch(src, directory, opts, emitter, conditional=existing)
+        tier = _tier(opts)
+        result = None
+        if tier is not None and policy is not CachePolicy.REFRESH:
+            result = _fetch_from_tier(tier, src, directory, opts, emitter)
+        from_tier = result is not None
+        if result is None:
+            result = _fetch(src, directory, opts, emitter, conditional=existing)
         if result.not_modified and existing is not None:
             emitter.emit("not_modified", existing.bytes, existing.bytes)
-            return cache.mark_revalidated(existing)
+            return cache.mark_revalidated(existing, commit=result.commit)
         entry = cache.promote(
             src,
             directory,
@@ -115,9 +170,56 @@ def ensure(
             size=result.bytes,
             etag=result.etag,
             last_modified=result.last_modified,
+            commit=result.commit,
         )
+        if tier is not None and not from_tier:
+            _upload_to_tier(tier, src, entry, emitter)
     emitter.emit("done", entry.bytes, entry.bytes)
     return entry
+
+
+def _tier(opts: EnsureOptions) -> RemoteTier | None:
+    url = opts.remote or os.environ.get("MODELFETCH_REMOTE") or None
+    return RemoteTier(url, opts.remote_endpoint) if url else None
+
+
+def _fetch_from_tier(
+    tier: RemoteTier,
+    src: ModelSource,
+    directory: Path,
+    opts: EnsureOptions,
+    emitter: ProgressEmitter,
+) -> FetchResult | None:
+    """Download from the shared tier if it has a verifiable copy; None: use the origin."""
+    try:
+        obj = tier.lookup(src)
+        if obj is None or (opts.sha256 is not None and obj.sha256 != opts.sha256):
+            return None
+        url = tier.presigned_get(obj)
+    except Exception as exc:  # any tier trouble means: go to the origin
+        emitter.emit("warning", message=f"shared tier unavailable ({type(exc).__name__})")
+        return None
+    emitter.emit("tier_hit", 0, obj.size)
+    downloader = HttpDownloader(url, {}, opts.merged(sha256=obj.sha256), emitter)
+    try:
+        result = downloader.fetch(directory, src.file_name, src.cache_key)
+    except (IntegrityError, DownloadError) as exc:
+        discard_part(directory, src.file_name)
+        emitter.emit("warning", message=f"shared tier copy rejected: {exc}")
+        return None
+    # The tier's ETag is not the origin's: a later refresh must revalidate with the origin.
+    return replace(result, etag=None, last_modified=None)
+
+
+def _upload_to_tier(
+    tier: RemoteTier, src: ModelSource, entry: CacheEntry, emitter: ProgressEmitter
+) -> None:
+    try:
+        tier.upload(src, entry.path, entry.sha256, entry.bytes)
+    except Exception as exc:  # the local entry is good; the tier is an optimisation
+        emitter.emit("warning", message=f"could not copy to the shared tier ({exc})")
+        return
+    emitter.emit("tier_upload", entry.bytes, entry.bytes)
 
 
 def _ensure_transient(
@@ -137,6 +239,7 @@ def _ensure_transient(
                 etag=result.etag,
                 last_modified=result.last_modified,
                 transient=True,
+                commit=result.commit,
             )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)  # a random-named dir can't be resumed
@@ -145,10 +248,20 @@ def _ensure_transient(
     return entry
 
 
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def offline_for(src: ModelSource) -> bool:
+    """MODELFETCH_OFFLINE makes every call cache-only; HF_HUB_OFFLINE does so for hf://."""
+    return _truthy("MODELFETCH_OFFLINE") or (src.kind == "hf" and _truthy("HF_HUB_OFFLINE"))
+
+
 def _miss_message(src: ModelSource) -> str:
+    why = "offline mode is on" if offline_for(src) else "the cache-only policy forbids it"
     return (
-        f"{src.display} is not in the cache (or failed verification) and the cache-only "
-        "policy forbids downloading it; run without cache-only, or fetch it first"
+        f"{src.display} is not in the cache (or failed verification) and {why}; "
+        "fetch it while online first"
     )
 
 

@@ -150,6 +150,7 @@ def open_url(
     connect_timeout: float,
     read_timeout: float,
     method: str = "GET",
+    follow_cross_origin: bool = True,
 ) -> Response:
     """Send a request and follow redirects; return the first non-redirect response.
 
@@ -184,6 +185,10 @@ def open_url(
         if raw.status not in _REDIRECTS:
             return Response(raw, current)
         location = raw.headers.get("Location")
+        if not follow_cross_origin and location:
+            target = urllib.parse.urljoin(current, location.strip())
+            if origin_of(target) != asked_origin:
+                return Response(raw, current)  # the caller wants this redirect's headers
         raw.close()  # never drain a redirect body: a hostile server could make it endless
         if not location:
             raise DownloadError(

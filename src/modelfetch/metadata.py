@@ -21,6 +21,8 @@ Schema version 1 (all keys required unless marked optional)::
     transient       bool, true for entries made by the no-cache policy
     stamp           optional {size, mtime_ns, ino, ctime_ns}: the file as it was when last
                     hashed; a hit whose stat matches it skips re-hashing
+    commit          optional 40-hex commit a Hugging Face revision resolved to (added in
+                    0.1 without a version bump: readers of version 1 ignore unknown keys)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ METADATA_NAME = "metadata.json"
 MAX_METADATA_BYTES = 64 * 1024
 MAX_SIZE = 2**62  # far beyond any real file; rejects absurd numbers before arithmetic
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MAX_TEXT = 4096
 
 
@@ -74,6 +77,7 @@ class EntryMetadata:
     last_modified: str | None = None
     transient: bool = False
     stamp: FileStamp | None = None
+    commit: str | None = None
 
     def to_json(self) -> builtins.bytes:
         body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -120,6 +124,14 @@ def _stamp(value: Any) -> FileStamp | None:
         ino=_int(value, "ino"),
         ctime_ns=_int(value, "ctime_ns"),
     )
+
+
+def _commit(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _COMMIT.match(value):
+        raise MetadataError("field 'commit' must be 40 lowercase hex characters")
+    return value
 
 
 def validate_relative_name(value: str) -> str:
@@ -181,6 +193,7 @@ def parse_metadata(data: bytes) -> EntryMetadata:
         last_modified=_text(doc, "last_modified", optional=True),
         transient=transient,
         stamp=_stamp(doc.get("stamp")),
+        commit=_commit(doc.get("commit")),
     )
 
 

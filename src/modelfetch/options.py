@@ -47,6 +47,10 @@ class EnsureOptions:
     # this many MB/s after a second (a per-connection-limited CDN, not a fast LAN, where one
     # stream with direct I/O is fastest). None: all connections from the start.
     parallel_below_mbps: float | None = 300.0
+    # Shared tier: "s3://bucket/prefix" (default: MODELFETCH_REMOTE), and its endpoint for
+    # S3-compatible stores (default: MODELFETCH_S3_ENDPOINT, then AWS's own lookup).
+    remote: str | None = None
+    remote_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))

@@ -16,6 +16,9 @@ EventKind = Literal[
     "restart",  # the partial file could not be trusted and is discarded
     "not_modified",  # refresh found the cached file still current
     "done",  # the verified entry is in the cache
+    "tier_hit",  # found in the shared tier; downloading from there, not the origin
+    "tier_upload",  # copied into the shared tier for other machines
+    "warning",  # something went wrong that did not stop the download (message says what)
 ]
 
 

@@ -74,6 +74,7 @@ class Segment:
     active: bool = False
     last_progress: float = 0.0
     pending: int = 0  # received into a buffer, not yet written (shown as progress only)
+    written_back: int = -1  # up to here the kernel was asked to start writeback
 
     @property
     def remaining(self) -> int:
@@ -475,7 +476,6 @@ class Transfer:
             t.start()
             threads.append(t)
         last_persist = started = time.monotonic()
-        written_back = 0
         ramp_pending = self.ramp_below is not None and first is not None
         try:
             while True:
@@ -500,11 +500,7 @@ class Transfer:
                     assert self.ramp_below is not None
                     if (done - self.initial_done) / elapsed < self.ramp_below:
                         threads.extend(self._spawn_more())
-                with self.cond:
-                    frontier = contiguous_frontier(self.segments)
-                if frontier - written_back >= WRITEBACK_BYTES:
-                    start_writeback(self.fd, written_back, frontier - written_back)
-                    written_back = frontier
+                self._start_writeback()
                 if time.monotonic() - last_persist >= PERSIST_SECONDS:
                     self._persist()
                     last_persist = time.monotonic()
@@ -541,6 +537,20 @@ class Transfer:
             m = mmap.mmap(-1, size)  # anonymous mmaps are page-aligned, as O_DIRECT needs
             self._maps.append(m)
             self.pool.put(memoryview(m))
+
+    def _start_writeback(self) -> None:
+        """Get the kernel writing every segment's new bytes to disk while more arrive, so
+        the final fdatasync has little left (direct-I/O bytes are on disk already)."""
+        with self.cond:
+            ranges = []
+            for seg in self.segments:
+                if seg.written_back < seg.start:
+                    seg.written_back = seg.start
+                if seg.pos - seg.written_back >= WRITEBACK_BYTES:
+                    ranges.append((seg.written_back, seg.pos - seg.written_back))
+                    seg.written_back = seg.pos
+        for offset, length in ranges:
+            start_writeback(self.fd, offset, length)
 
     def _spawn_more(self) -> list[threading.Thread]:
         with self.cond:
