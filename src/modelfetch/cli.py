@@ -321,3 +321,41 @@ def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
         click.echo(f"{sum(r.ok for r in results)} ok, {sum(not r.ok for r in results)} bad")
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--upstream",
+    envvar="HF_ENDPOINT",
+    help="Hub to pull misses from (default: HF_ENDPOINT or https://huggingface.co).",
+)
+@click.option("--offline", is_flag=True, help="Serve only what is cached; never pull.")
+@click.option("--remote", envvar="MODELFETCH_REMOTE", help="Shared tier s3://bucket/prefix.")
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    upstream: str | None,
+    offline: bool,
+    remote: str | None,
+) -> None:
+    """Serve the cache over HTTP, with a Hugging Face compatible resolve route."""
+    from .mirror import MirrorServer
+
+    server = MirrorServer(
+        ctx.obj.get("cache_dir"),
+        host=host,
+        port=port,
+        upstream=upstream,
+        offline=offline,
+        options=EnsureOptions(remote=remote),
+    )
+    click.echo(f"modelfetch mirror on {server.url} (cache {server.cache.root})", err=True)
+    click.echo(f"use it with: HF_ENDPOINT={server.url}", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
