@@ -8,6 +8,7 @@ Layout under the root (``MODELFETCH_CACHE_DIR`` or the platform cache dir)::
         metadata.json                 sidecar (metadata.py)
         <file name>.part(.json)       an unfinished download and its validator
     transient/<stem>-<key12>-<rand>/  entries made by the no-cache policy
+    sets/<name>-<key12>/              split GGUF shards side by side, as relative symlinks
     locks/<dir name>.lock             flock files, one per entry
 
 Invariants: a model file is in an entry only after it was verified and fsynced; a file
@@ -44,6 +45,7 @@ from .metadata import (
     write_metadata,
 )
 from .resume import PART_STATE_SUFFIX, PART_SUFFIX, part_paths
+from .shards import prune_sets
 from .source import ModelSource
 
 ENTRIES, TRANSIENT, LOCKS = "entries", "transient", "locks"
@@ -80,6 +82,9 @@ class CacheEntry:
     transient: bool
     last_used: float = field(compare=False)
     commit: str | None = None
+    # For a split GGUF: its first shard inside a directory that holds every shard (as
+    # links), which is the path llama.cpp and friends need. None for a single file.
+    set_path: Path | None = field(default=None, compare=False)
 
     @classmethod
     def from_metadata(cls, directory: Path, meta: EntryMetadata, last_used: float) -> CacheEntry:
@@ -115,6 +120,7 @@ class CacheEntry:
             "transient": self.transient,
             "last_used": self.last_used,
             "commit": self.commit,
+            "set_path": str(self.set_path) if self.set_path else None,
         }
 
 
@@ -428,6 +434,7 @@ class Cache:
         removed = [e for e in self.find(ref) if self._remove_dir(e.directory)]
         if isinstance(ref, ModelSource):
             self._remove_dir(self.entry_dir(ref))
+        prune_sets(self.root)
         return removed
 
     def clear(self) -> tuple[int, int]:
@@ -438,6 +445,7 @@ class Cache:
                 removed += 1
             else:
                 busy += 1
+        prune_sets(self.root, remove_all=busy == 0)
         return removed, busy
 
     def prune(
@@ -467,6 +475,8 @@ class Cache:
                     break
                 if self._prune_one(entry, report, dry_run):
                     total -= entry.bytes
+        if not dry_run:
+            prune_sets(self.root)
         return report
 
     def _prune_one(self, entry: CacheEntry, report: PruneReport, dry_run: bool) -> bool:

@@ -208,7 +208,7 @@ def get(
     if as_json:
         _emit_json(entry.to_dict())
     else:
-        click.echo(str(entry.path))
+        click.echo(str(entry.set_path or entry.path))
 
 
 @main.command("ls")

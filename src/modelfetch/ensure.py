@@ -20,13 +20,15 @@ from typing import Any
 from .cache import Cache, CacheEntry
 from .cancel import CancelToken
 from .download import FetchResult, HttpDownloader
-from .errors import CacheMissError, DownloadError, IntegrityError
+from .errors import CacheMissError, DownloadError, IntegrityError, InvalidSourceError
 from .hf import head_hub_file
 from .local_import import import_local_file
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEmitter
+from .quant import resolve as resolve_quant
 from .remote import RemoteTier
 from .resume import discard_part, part_paths
+from .shards import assemble, siblings
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch")
@@ -120,10 +122,34 @@ def ensure(
     """Return a verified cache entry for ``source``, downloading it if the policy says so.
 
     Keyword overrides are EnsureOptions fields, e.g. ``ensure(url, sha256=..., policy="refresh")``.
+    A shard of a split GGUF brings all its shards; the entry's ``set_path`` is the first
+    shard in a directory that holds them all.
     """
     opts = _options(options, overrides)
     src = ModelSource.coerce(source)
     cache = Cache(opts.cache_dir)
+    if src.quant is not None:
+        offline = offline_for(src) or opts.policy is CachePolicy.CACHE_ONLY
+        if not offline:
+            cache.prepare()
+        src = resolve_quant(src, opts, cache.root, credentials_for(src, opts), offline)
+    group = siblings(src) if opts.shards else None
+    if not group:
+        return _ensure_one(src, opts, cache)
+    if opts.sha256 is not None:
+        raise InvalidSourceError(
+            "a pinned sha256 names one file; a split model has several (pass shards=False "
+            "to fetch a single shard)"
+        )
+    entries = [_ensure_one(shard, opts, cache) for shard in group]
+    folder = assemble(cache.root, group, [e.path for e in entries])
+    asked = [e for e, s in zip(entries, group, strict=True) if s.cache_key == src.cache_key]
+    mine = asked[0] if asked else entries[0]
+    first = sorted(folder.iterdir())[0]
+    return replace(mine, set_path=first)
+
+
+def _ensure_one(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEntry:
     emitter = ProgressEmitter(opts.progress, src.display)
     policy = CachePolicy.CACHE_ONLY if offline_for(src) else opts.policy
 

@@ -51,6 +51,7 @@ class EnsureOptions:
     # S3-compatible stores (default: MODELFETCH_S3_ENDPOINT, then AWS's own lookup).
     remote: str | None = None
     remote_endpoint: str | None = None
+    shards: bool = True  # a shard of a split GGUF (x-00001-of-00003.gguf) brings them all
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))

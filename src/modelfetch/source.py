@@ -23,12 +23,14 @@ from .redact import redact_url
 SourceKind = Literal["path", "url", "hf"]
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+DEFAULT_QUANT = "Q4_K_M"  # what llama.cpp picks when a repo is named without a file
 MAX_SOURCE_LENGTH = 8192
 MAX_HF_PATH_LENGTH = 1024
 MAX_FILE_NAME_LENGTH = 120
 
 _HF_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _HF_REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+_QUANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
 
@@ -187,6 +189,7 @@ class ModelSource:
     repo_id: str | None = None
     hf_path: str | None = None
     revision: str | None = None
+    quant: str | None = None  # hf://owner/repo:Q4_K_M: a file chosen from the repo by tag
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
@@ -237,6 +240,29 @@ class ModelSource:
         )
 
     @classmethod
+    def huggingface_quant(
+        cls, repo_id: str, quant: str = DEFAULT_QUANT, revision: str = "main"
+    ) -> ModelSource:
+        """A GGUF file of ``repo_id`` picked by quantisation tag when the file is resolved."""
+        _validate_hf_repo_id(repo_id)
+        _validate_hf_revision(revision)
+        if not _QUANT.match(quant):
+            raise InvalidSourceError(
+                f"invalid quantisation tag {quant[:70]!r}: use letters, digits, '_', '-', '.'"
+            )
+        at = f"@{revision}" if "/" not in revision else ""
+        query = f"?revision={revision}" if "/" in revision else ""
+        return cls(
+            kind="hf",
+            identity=f"hfq:{repo_id}@{revision}:{quant.upper()}",
+            file_name=safe_file_name(f"{quant}.gguf"),
+            display=f"hf://{repo_id}{at}:{quant}{query}",
+            repo_id=repo_id,
+            revision=revision,
+            quant=quant,
+        )
+
+    @classmethod
     def parse(cls, text: str) -> ModelSource:
         """Parse a path, ``http(s)://`` URL, ``file://`` URL or ``hf://`` reference."""
         if not isinstance(text, str):
@@ -281,9 +307,21 @@ class ModelSource:
                 raise InvalidSourceError("hf:// query accepts exactly one 'revision=<rev>'")
             query_revision = pairs[0][1]
         segments = body.split("/")
+        if len(segments) == 2:  # hf://owner/repo[@rev][:QUANT]: pick a GGUF by tag
+            repo_part, colon, quant = segments[1].partition(":")
+            repo, at, at_revision = repo_part.partition("@")
+            if at and not at_revision:
+                raise InvalidSourceError("empty revision after '@' in hf:// reference")
+            if at and query_revision is not None:
+                raise InvalidSourceError("give the revision as '@rev' or '?revision=', not both")
+            revision = query_revision if query_revision is not None else (at_revision or "main")
+            if colon and not quant:
+                raise InvalidSourceError("empty quantisation tag after ':'")
+            return cls.huggingface_quant(f"{segments[0]}/{repo}", quant or DEFAULT_QUANT, revision)
         if len(segments) < 3:
             raise InvalidSourceError(
-                "hf:// reference must look like hf://owner/repo[@revision]/path/to/file"
+                "hf:// reference must look like hf://owner/repo[@revision]/path/to/file "
+                "or hf://owner/repo[@revision]:QUANT"
             )
         owner, repo_part = segments[0], segments[1]
         repo, at, at_revision = repo_part.partition("@")
@@ -319,6 +357,8 @@ class ModelSource:
         if self.kind == "url":
             assert self.request_url is not None
             return self.request_url
+        if self.kind == "hf" and self.hf_path is None:
+            raise InvalidSourceError("a quantisation tag must be resolved to a file first")
         if self.kind == "hf":
             endpoint = (hf_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip(
                 "/"

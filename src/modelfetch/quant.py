@@ -1,0 +1,166 @@
+"""``hf://owner/repo:Q4_K_M``: pick a GGUF file of a repo by its quantisation tag.
+
+The repo's file list comes from the hub's tree API (``/api/models/{repo}/tree/{rev}``,
+paginated with ``Link: rel="next"``). A file matches when the tag appears in its name
+between separators (case-insensitive); multimodal projectors (``mmproj``) are skipped; a
+single file is preferred to a split set (whose first shard then stands for the set).
+
+The choice is remembered in ``<root>/refs/<key>.json``, so a cached model named by tag is
+served with no request at all, and works offline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from pathlib import Path
+
+from .errors import CacheMissError, DownloadError, InvalidSourceError
+from .fsutil import atomic_write_bytes, read_regular_file
+from .http_client import open_url
+from .options import EnsureOptions
+from .redact import redact_url
+from .source import DEFAULT_HF_ENDPOINT, ModelSource
+
+REFS = "refs"
+MAX_PAGES = 50
+MAX_LISTING_BYTES = 32 * 1024 * 1024
+_SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+def choose_file(paths: list[str], quant: str) -> str | None:
+    """The repo file that best matches ``quant``, or None."""
+    tag = re.compile(rf"(^|[-._/]){re.escape(quant)}($|[-._/])", re.IGNORECASE)
+    candidates = []
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        if not name.lower().endswith(".gguf") or "mmproj" in name.lower():
+            continue
+        if not tag.search(path[: -len(".gguf")]):
+            continue
+        shard = _SHARD.search(name)
+        if shard and int(shard.group(1)) != 1:
+            continue  # a split set is represented by its first shard
+        candidates.append((1 if shard else 0, len(path), path))
+    return min(candidates)[2] if candidates else None
+
+
+def _quants_in(paths: list[str]) -> list[str]:
+    found = set()
+    for path in paths:
+        name = path.rsplit("/", 1)[-1]
+        if name.lower().endswith(".gguf") and "mmproj" not in name.lower():
+            m = re.search(r"(?i)(I?Q\d[A-Z0-9_]*|F16|BF16|F32)", name)
+            if m:
+                found.add(m.group(1).upper())
+    return sorted(found)
+
+
+def list_repo_files(source: ModelSource, opts: EnsureOptions, creds: dict[str, str]) -> list[str]:
+    assert source.repo_id and source.revision
+    endpoint = (opts.hf_endpoint or _env_endpoint()).rstrip("/")
+    rev = urllib.parse.quote(source.revision, safe="")
+    url: str | None = f"{endpoint}/api/models/{source.repo_id}/tree/{rev}?recursive=true"
+    paths: list[str] = []
+    for _page in range(MAX_PAGES):
+        if url is None:
+            return paths
+        resp = open_url(
+            url,
+            headers={"Accept": "application/json"},
+            credentials=creds,
+            connect_timeout=opts.connect_timeout,
+            read_timeout=opts.read_timeout,
+        )
+        try:
+            if resp.status != 200:
+                raise DownloadError(
+                    f"listing {source.repo_id} failed: HTTP {resp.status} from {redact_url(url)}",
+                    status=resp.status,
+                )
+            body = resp.raw.read(MAX_LISTING_BYTES + 1, decode_content=True)
+            link = resp.header("Link")
+        finally:
+            resp.close()
+        if len(body) > MAX_LISTING_BYTES:
+            raise DownloadError(f"the file list of {source.repo_id} is implausibly large")
+        try:
+            items = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise DownloadError(
+                f"the hub sent an unreadable file list for {source.repo_id}"
+            ) from None
+        if not isinstance(items, list):
+            raise DownloadError(f"the hub sent an unexpected file list for {source.repo_id}")
+        for item in items:
+            if isinstance(item, dict) and item.get("type") == "file":
+                path = item.get("path")
+                if isinstance(path, str) and 0 < len(path) <= 1024:
+                    paths.append(path)
+        url = _next_link(link, url)
+    raise DownloadError(f"the file list of {source.repo_id} has more than {MAX_PAGES} pages")
+
+
+def _next_link(header: str | None, current: str) -> str | None:
+    if not header:
+        return None
+    for part in header.split(","):
+        m = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', part)
+        if m:
+            target = urllib.parse.urljoin(current, m.group(1))
+            return target if target.startswith(("http://", "https://")) else None
+    return None
+
+
+def _env_endpoint() -> str:
+    import os
+
+    return os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
+
+
+def _ref_path(root: Path, source: ModelSource) -> Path:
+    return root / REFS / f"{source.cache_key}.json"
+
+
+def read_ref(root: Path, source: ModelSource) -> ModelSource | None:
+    """The remembered resolution of a tag, treated as hostile input like any sidecar."""
+    try:
+        doc = json.loads(read_regular_file(_ref_path(root, source), 64 * 1024).decode("utf-8"))
+        if not isinstance(doc, dict) or doc.get("identity") != source.identity:
+            return None
+        path = doc.get("path")
+        assert source.repo_id and source.revision
+        return ModelSource.huggingface(source.repo_id, str(path), source.revision)
+    except (OSError, ValueError, RecursionError, InvalidSourceError):
+        return None
+
+
+def resolve(
+    source: ModelSource, opts: EnsureOptions, root: Path, creds: dict[str, str], offline: bool
+) -> ModelSource:
+    """Turn ``hf://owner/repo:QUANT`` into the concrete file source."""
+    assert source.quant is not None
+    remembered = read_ref(root, source)
+    if remembered is not None and (offline or opts.policy.value != "refresh"):
+        return remembered
+    if offline:
+        raise CacheMissError(
+            f"{source.display} was never resolved to a file on this machine and offline mode "
+            "is on (or the policy is cache-only); resolve it once while online"
+        )
+    paths = list_repo_files(source, opts, creds)
+    chosen = choose_file(paths, source.quant)
+    if chosen is None:
+        available = ", ".join(_quants_in(paths)) or "none"
+        raise InvalidSourceError(
+            f"{source.repo_id} has no GGUF file tagged {source.quant}; tags found: {available}"
+        )
+    assert source.repo_id and source.revision
+    resolved = ModelSource.huggingface(source.repo_id, chosen, source.revision)
+    (root / REFS).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        _ref_path(root, source),
+        json.dumps({"identity": source.identity, "path": chosen}).encode("utf-8"),
+    )
+    return resolved
