@@ -50,7 +50,6 @@ def test_hf_resolve_url_uses_endpoint_env_but_key_does_not(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     "text",
     [
-        "hf://o/r",  # no file
         "hf://o/r/",  # empty file
         "hf://o/r/../x.gguf",
         "hf://o/r/a/./x.gguf",
@@ -77,6 +76,9 @@ def test_hf_resolve_url_uses_endpoint_env_but_key_does_not(monkeypatch: pytest.M
         "hf://o/r/x.gguf?revision=a//b",
         "hf://o/r/x.gguf?revision=a b",
         "hf://o/r/x.gguf#frag",
+        "hf://o/r:",  # empty tag
+        "hf://o/r:Q4 K",
+        "hf://o/r@:Q4_K_M",
         "hf://o/r/" + "a/" * 600 + "x.gguf",
     ],
 )
@@ -162,3 +164,12 @@ def test_cache_key_is_sha256_of_identity() -> None:
     s = ModelSource.url("http://127.0.0.1:8000/m.gguf")
     assert s.cache_key == hashlib.sha256(b"url:http://127.0.0.1:8000/m.gguf").hexdigest()
     assert s.entry_dir_name == f"m-{s.cache_key[:12]}"
+
+
+def test_repo_with_quant_tag() -> None:
+    s = ModelSource.parse("hf://o/r@v2:q4_k_m")
+    assert (s.repo_id, s.revision, s.quant, s.hf_path) == ("o/r", "v2", "q4_k_m", None)
+    assert s.cache_key == ModelSource.parse("hf://o/r@v2:Q4_K_M").cache_key  # tag case-free
+    assert ModelSource.parse("hf://o/r").quant == "Q4_K_M"  # llama.cpp's default
+    with pytest.raises(InvalidSourceError):
+        s.resolve_url()  # a tag is resolved to a file before anything is fetched
