@@ -43,7 +43,7 @@ NOTES = {
     "aria2c -x8": "no hash, no fsync",
     "huggingface_hub": "no hash check",
     "pooch (known_hash)": "hash after download (2nd read)",
-    "modelfetch (default)": "one stream + O_DIRECT; adds streams if < 300 MB/s",
+    "modelfetch (default)": "one stream + O_DIRECT; adds streams if < 150 MB/s",
     "modelfetch -x1": "SHA-256 inline, O_DIRECT, fsynced, atomic",
     "modelfetch -x8 always": "8 streams from the start, SHA-256 in order",
 }
@@ -195,8 +195,8 @@ def download_commands(
             """),
             None,
         ),
-        "modelfetch (default)": (mf_get(work, url, sha, 8, 300.0), None),
-        "modelfetch -x1": (mf_get(work, url, sha, 1, 300.0), None),
+        "modelfetch (default)": (mf_get(work, url, sha, 8, 150.0), None),
+        "modelfetch -x1": (mf_get(work, url, sha, 1, 150.0), None),
         "modelfetch -x8 always": (mf_get(work, url, sha, 8, None), None),
     }
 

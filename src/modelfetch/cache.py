@@ -140,6 +140,21 @@ class PruneReport:
     busy_skipped: int = 0
 
 
+def _fresh_metadata(source: ModelSource, size: int, sha256: str) -> EntryMetadata:
+    now = utc_now()
+    return EntryMetadata(
+        source=source.display,
+        source_kind=source.kind,
+        cache_key=source.cache_key,
+        file_name=source.file_name,
+        file_path=source.file_name,
+        bytes=size,
+        sha256=sha256,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 def _is_real_dir(path: Path) -> bool:
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
@@ -253,18 +268,7 @@ class Cache:
             self._discard(directory, file_path)
             return None
         if meta is None:
-            now = utc_now()
-            meta = EntryMetadata(
-                source=source.display,
-                source_kind=source.kind,
-                cache_key=source.cache_key,
-                file_name=source.file_name,
-                file_path=source.file_name,
-                bytes=size,
-                sha256=digest,
-                created_at=now,
-                updated_at=now,
-            )
+            meta = _fresh_metadata(source, size, digest)
         meta = meta.with_stamp(FileStamp.of(os.lstat(file_path)))
         write_metadata(directory, meta)
         return CacheEntry.from_metadata(directory, meta, self._touch(directory))
@@ -334,17 +338,8 @@ class Cache:
             self._drop_file(final)  # never rename over a directory or through a symlink
         os.replace(part, final)
         fsync_dir(directory)
-        now = utc_now()
-        meta = EntryMetadata(
-            source=source.display,
-            source_kind=source.kind,
-            cache_key=source.cache_key,
-            file_name=source.file_name,
-            file_path=source.file_name,
-            bytes=size,
-            sha256=sha256,
-            created_at=now,
-            updated_at=now,
+        meta = replace(
+            _fresh_metadata(source, size, sha256),
             etag=etag,
             last_modified=last_modified,
             transient=transient,

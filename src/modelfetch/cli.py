@@ -74,10 +74,12 @@ class _ProgressPrinter:
             )
         elif event.kind == "progress" and self.bar is not None:
             self.bar.update(event.bytes_done - self.bar.n)
-        elif event.kind in ("retry", "restart", "waiting", "not_modified"):
+        elif event.kind in ("retry", "restart", "waiting", "not_modified", "warning"):
             self._say(f"{event.kind}: {event.message or event.source}")
         elif event.kind == "cache_hit":
             self._say(f"cache hit: {event.source}")
+        elif event.kind == "tier_hit":
+            self._say(f"from the shared tier: {event.source}")
         elif event.kind == "done":
             self.close()
 
@@ -159,6 +161,15 @@ def main(ctx: click.Context, cache_dir: str | None) -> None:
     type=click.IntRange(1, 64),
     help="Parallel connections for large files on servers that support ranges.",
 )
+@click.option(
+    "--remote", envvar="MODELFETCH_REMOTE", help="Shared tier s3://bucket/prefix (optional)."
+)
+@click.option(
+    "--remote-endpoint",
+    envvar="MODELFETCH_S3_ENDPOINT",
+    help="Endpoint URL of an S3-compatible store for --remote.",
+)
+@click.option("--no-shards", is_flag=True, help="Fetch only the named shard of a split GGUF.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
@@ -172,10 +183,18 @@ def get(
     no_resume: bool,
     retries: int,
     connections: int,
+    remote: str | None,
+    remote_endpoint: str | None,
+    no_shards: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Ensure SOURCE (path, http(s) URL or hf://owner/repo[@rev]/file) is cached; print its path."""
+    """Ensure SOURCE is cached and verified; print its path.
+
+    SOURCE: a path, an http(s) URL, hf://owner/repo[@rev]/path/file, or
+    hf://owner/repo[@rev][:QUANT] (a GGUF picked by tag, Q4_K_M by default). For a split
+    GGUF the printed path is the first shard in a folder holding all of them.
+    """
     header_map: dict[str, str] = {}
     for item in headers:
         name, sep, value = item.partition(":")
@@ -194,6 +213,9 @@ def get(
             resume=not no_resume,
             max_retries=retries,
             connections=connections,
+            remote=remote or None,
+            remote_endpoint=remote_endpoint or None,
+            shards=not no_shards,
             cancel=cancel,
             progress=printer,
         )

@@ -189,19 +189,26 @@ def _ensure_one(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEnt
         if result.not_modified and existing is not None:
             emitter.emit("not_modified", existing.bytes, existing.bytes)
             return cache.mark_revalidated(existing, commit=result.commit)
-        entry = cache.promote(
-            src,
-            directory,
-            sha256=result.sha256,
-            size=result.bytes,
-            etag=result.etag,
-            last_modified=result.last_modified,
-            commit=result.commit,
-        )
+        entry = _promote(cache, src, directory, result)
         if tier is not None and not from_tier:
             _upload_to_tier(tier, src, entry, emitter)
     emitter.emit("done", entry.bytes, entry.bytes)
     return entry
+
+
+def _promote(
+    cache: Cache, src: ModelSource, directory: Path, result: FetchResult, transient: bool = False
+) -> CacheEntry:
+    return cache.promote(
+        src,
+        directory,
+        sha256=result.sha256,
+        size=result.bytes,
+        etag=result.etag,
+        last_modified=result.last_modified,
+        transient=transient,
+        commit=result.commit,
+    )
 
 
 def _tier(opts: EnsureOptions) -> RemoteTier | None:
@@ -257,16 +264,7 @@ def _ensure_transient(
     try:
         with cache.lock(directory).hold(cancel=opts.cancel):
             result = _fetch(src, directory, opts, emitter)
-            entry = cache.promote(
-                src,
-                directory,
-                sha256=result.sha256,
-                size=result.bytes,
-                etag=result.etag,
-                last_modified=result.last_modified,
-                transient=True,
-                commit=result.commit,
-            )
+            entry = _promote(cache, src, directory, result, transient=True)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)  # a random-named dir can't be resumed
         raise

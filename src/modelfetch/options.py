@@ -46,7 +46,7 @@ class EnsureOptions:
     # Start with one stream and open the other connections only if it delivers less than
     # this many MB/s after a second (a per-connection-limited CDN, not a fast LAN, where one
     # stream with direct I/O is fastest). None: all connections from the start.
-    parallel_below_mbps: float | None = 300.0
+    parallel_below_mbps: float | None = 150.0
     # Shared tier: "s3://bucket/prefix" (default: MODELFETCH_REMOTE), and its endpoint for
     # S3-compatible stores (default: MODELFETCH_S3_ENDPOINT, then AWS's own lookup).
     remote: str | None = None

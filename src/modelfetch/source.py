@@ -131,6 +131,23 @@ def _validate_hf_file_path(file_path: str) -> None:
             )
 
 
+def _split_revision(repo_part: str, query_revision: str | None) -> tuple[str, str]:
+    """``repo@rev`` (or ``repo`` plus ``?revision=``) -> (repo, revision)."""
+    repo, at, at_revision = repo_part.partition("@")
+    if at and not at_revision:
+        raise InvalidSourceError("empty revision after '@' in hf:// reference")
+    if at and query_revision is not None:
+        raise InvalidSourceError("give the revision either as '@rev' or '?revision=', not both")
+    return repo, query_revision if query_revision is not None else (at_revision or "main")
+
+
+def _revision_display(revision: str) -> tuple[str, str]:
+    """How a revision is written in an hf:// reference: '@rev', or '?revision=' with '/'."""
+    if "/" in revision:
+        return "", f"?revision={revision}"
+    return f"@{revision}", ""
+
+
 def _canonical_url(url: str) -> tuple[str, str]:
     """Validate an http(s) URL; return (request_url, canonical_identity)."""
     if len(url) > MAX_SOURCE_LENGTH:
@@ -227,8 +244,7 @@ class ModelSource:
         _validate_hf_repo_id(repo_id)
         _validate_hf_revision(revision)
         _validate_hf_file_path(file_path)
-        at = f"@{revision}" if "/" not in revision else ""
-        query = f"?revision={revision}" if "/" in revision else ""
+        at, query = _revision_display(revision)
         return cls(
             kind="hf",
             identity=f"hf:{repo_id}@{revision}/{file_path}",
@@ -250,8 +266,7 @@ class ModelSource:
             raise InvalidSourceError(
                 f"invalid quantisation tag {quant[:70]!r}: use letters, digits, '_', '-', '.'"
             )
-        at = f"@{revision}" if "/" not in revision else ""
-        query = f"?revision={revision}" if "/" in revision else ""
+        at, query = _revision_display(revision)
         return cls(
             kind="hf",
             identity=f"hfq:{repo_id}@{revision}:{quant.upper()}",
@@ -309,12 +324,7 @@ class ModelSource:
         segments = body.split("/")
         if len(segments) == 2:  # hf://owner/repo[@rev][:QUANT]: pick a GGUF by tag
             repo_part, colon, quant = segments[1].partition(":")
-            repo, at, at_revision = repo_part.partition("@")
-            if at and not at_revision:
-                raise InvalidSourceError("empty revision after '@' in hf:// reference")
-            if at and query_revision is not None:
-                raise InvalidSourceError("give the revision as '@rev' or '?revision=', not both")
-            revision = query_revision if query_revision is not None else (at_revision or "main")
+            repo, revision = _split_revision(repo_part, query_revision)
             if colon and not quant:
                 raise InvalidSourceError("empty quantisation tag after ':'")
             return cls.huggingface_quant(f"{segments[0]}/{repo}", quant or DEFAULT_QUANT, revision)
@@ -324,12 +334,7 @@ class ModelSource:
                 "or hf://owner/repo[@revision]:QUANT"
             )
         owner, repo_part = segments[0], segments[1]
-        repo, at, at_revision = repo_part.partition("@")
-        if at and not at_revision:
-            raise InvalidSourceError("empty revision after '@' in hf:// reference")
-        if at and query_revision is not None:
-            raise InvalidSourceError("give the revision either as '@rev' or '?revision=', not both")
-        revision = query_revision if query_revision is not None else (at_revision or "main")
+        repo, revision = _split_revision(repo_part, query_revision)
         return cls.huggingface(f"{owner}/{repo}", "/".join(segments[2:]), revision)
 
     @classmethod
