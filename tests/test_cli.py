@@ -45,7 +45,8 @@ def test_get_ls_info_verify_rm(
     assert info[0]["path"] == str(path)
     verify = run(cache_dir, "verify")
     assert "1 ok, 0 bad" in verify.stdout
-    assert "removed" in run(cache_dir, "rm", url).stdout
+    gone = json.loads(run(cache_dir, "rm", url, "--json").stdout)["removed"]
+    assert [e["sha256"] for e in gone] == [blob_sha]
     assert json.loads(run(cache_dir, "ls", "--json").stdout) == []
 
 
@@ -96,4 +97,7 @@ def test_prune_and_clear(server: FaultServer, cache_dir: Path, blob: bytes) -> N
     refused = run(cache_dir, "clear", ok=False)  # no --yes and no terminal: aborts
     assert refused.returncode == 1
     assert len(json.loads(run(cache_dir, "ls", "--json").stdout)) == 1
-    assert "removed 1 entries" in run(cache_dir, "clear", "--yes").stdout
+    assert json.loads(run(cache_dir, "clear", "--yes", "--json").stdout) == {
+        "removed": 1,
+        "busy": 0,
+    }

@@ -265,17 +265,18 @@ def info(ctx: click.Context, ref: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
+def rm(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
     """Remove the entries matching each REF."""
     cache = _cache(ctx)
-    total = 0
-    for ref in refs:
-        removed = cache.remove(ref)
-        total += len(removed)
+    removed = [e for ref in refs for e in cache.remove(ref)]
+    if as_json:
+        _emit_json({"removed": [e.to_dict() for e in removed]})
+    else:
         for e in removed:
             click.echo(f"removed {e.cache_key[:12]} {e.source}")
-    if total == 0:
+    if not removed:
         raise ModelFetchError("nothing matched (or the entry is being downloaded right now)")
 
 
@@ -316,14 +317,18 @@ def prune(
 
 @main.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def clear(ctx: click.Context, yes: bool) -> None:
+def clear(ctx: click.Context, yes: bool, as_json: bool) -> None:
     """Remove every entry (files in the cache root that are not ours are left alone)."""
     cache = _cache(ctx)
     if not yes:
         click.confirm(f"Remove every modelfetch entry under {cache.root}?", abort=True)
     removed, busy = cache.clear()
-    click.echo(f"removed {removed} entries; {busy} busy (being downloaded) left in place")
+    if as_json:
+        _emit_json({"removed": removed, "busy": busy})
+    else:
+        click.echo(f"removed {removed} entries; {busy} busy (being downloaded) left in place")
 
 
 @main.command()
