@@ -37,7 +37,10 @@ def main() -> None:
         step(f"generating a {size_mib} MiB GGUF model")
         sha = write_gguf(www / "demo-model-Q8_0.gguf", size_mib * 1024 * 1024)
         print(f"sha256 {sha}")
-        with Nginx(www) as nginx:
+        # /slow/ is rate limited so the demo can interrupt a transfer half way
+        with Nginx(
+            www, extra_server=f"location /slow/ {{ alias {www}/; limit_rate 40m; }}"
+        ) as nginx:
             url = nginx.url("demo-model-Q8_0.gguf")
             step(f"nginx serves it at {url}; first fetch downloads, hashes and verifies")
             path = Path(cli(cache, "get", url, "--sha256", sha).strip())
@@ -48,6 +51,20 @@ def main() -> None:
             step("the cache")
             cli(cache, "ls")
             cli(cache, "verify")
+            step("crash safety: kill -9 a download half way, then run it again")
+            slow_cache = work / "cache-2"
+            slow = f"http://127.0.0.1:{nginx.port}/slow/demo-model-Q8_0.gguf"
+            victim = subprocess.Popen(
+                [sys.executable, "-m", "modelfetch", "--cache-dir", str(slow_cache), "get",
+                 slow, "-q", "-x", "1"],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(min(3.0, size_mib / 40 / 2))
+            victim.kill()
+            victim.wait()
+            print(f"killed the downloader (exit {victim.returncode}); the partial file stays")
+            cli(slow_cache, "get", slow, "--sha256", sha, "-x", "1")
+            print("(the progress bar above started at the bytes already on disk: 'resuming')")
             step("reading the GGUF header back with the gguf library")
             import gguf
 
