@@ -110,6 +110,11 @@ def test_mirror_speaks_range_etag_and_hub_headers(
     assert same.status == 304
     bad = pool.request("GET", url, headers={"Range": f"bytes={len(blob)}-"})
     assert bad.status == 416
+    for ignored in ("bytes=abc", "bytes=0-1,5-6", "items=0-5", "bytes=" + "9" * 40 + "-"):
+        whole = pool.request("GET", url, headers={"Range": ignored})
+        assert whole.status == 200 and len(whole.data) == len(blob), ignored
+    backwards = pool.request("GET", url, headers={"Range": "bytes=50-10"})
+    assert backwards.status == 416
 
 
 def test_mirror_rejects_hostile_paths_and_reports_upstream_404(

@@ -175,8 +175,11 @@ class MirrorServer:
                     start, end, status = 0, entry.bytes - 1, 200
                     wanted = self.headers.get("Range")
                     if_range = self.headers.get("If-Range")
-                    if wanted and (if_range is None or if_range == etag):
-                        parsed = self._parse_range(wanted, entry.bytes)
+                    match = _RANGE.match(wanted.strip()) if wanted else None
+                    # RFC 9110: a Range we cannot parse (or several ranges) is ignored -> 200;
+                    # only a well-formed range outside the file gets 416.
+                    if match and (if_range is None or if_range == etag):
+                        parsed = self._parse_range(match, entry.bytes)
                         if parsed is None:
                             return self._empty(416, {"Content-Range": f"bytes */{entry.bytes}"})
                         start, end = parsed
@@ -198,9 +201,8 @@ class MirrorServer:
                     self.connection.sendfile(fh, start, length)
 
             @staticmethod
-            def _parse_range(value: str, size: int) -> tuple[int, int] | None:
-                match = _RANGE.match(value.strip())
-                if not match or (not match.group(1) and not match.group(2)) or size == 0:
+            def _parse_range(match: re.Match[str], size: int) -> tuple[int, int] | None:
+                if (not match.group(1) and not match.group(2)) or size == 0:
                     return None
                 if not match.group(1):  # suffix: the last N bytes
                     n = int(match.group(2))
