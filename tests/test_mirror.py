@@ -161,3 +161,22 @@ def test_by_key_route_serves_url_entries(tmp_path: Path, server: FaultServer, bl
         resp = pool.request("GET", f"{m.url}/by-key/{entry.cache_key}")
         assert resp.status == 200 and resp.data == blob
         assert pool.request("GET", f"{m.url}/by-key/{'0' * 64}").status == 404
+
+
+def test_serve_command_end_to_end(tmp_path: Path, upstream: str, blob: bytes) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelfetch", "--cache-dir", str(tmp_path / "c"), "serve",
+         "--port", "0", "--upstream", upstream],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # "modelfetch mirror on http://127.0.0.1:PORT (...)"
+        url = first.split(" on ", 1)[1].split(" ", 1)[0]
+        pool = urllib3.PoolManager()
+        resp = pool.request("GET", f"{url}/{REPO}/resolve/main/{FILE}", timeout=30)
+        assert resp.status == 200 and resp.data == blob
+        assert resp.headers["X-Repo-Commit"] == COMMIT
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
