@@ -71,6 +71,11 @@ class FetchResult:
     not_modified: bool = False
     commit: str | None = None  # the hub commit a Hugging Face revision resolved to
 
+    @classmethod
+    def unchanged(cls, entry: CacheEntry, commit: str | None = None) -> FetchResult:
+        """The origin confirmed the cached ``entry`` is current: nothing was downloaded."""
+        return cls(entry.sha256, entry.bytes, entry.etag, entry.last_modified, True, commit)
+
 
 class _Restart(Exception):
     """The partial file cannot be trusted; discard it and start from zero."""
@@ -219,13 +224,7 @@ class HttpDownloader:
         try:
             if resp.status == 304 and conditional is not None:
                 resp.close()
-                return FetchResult(
-                    conditional.sha256,
-                    conditional.bytes,
-                    conditional.etag,
-                    conditional.last_modified,
-                    not_modified=True,
-                )
+                return FetchResult.unchanged(conditional)
             self._check_status(resp)
             verdict = judge_response(
                 plan,

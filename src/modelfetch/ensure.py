@@ -92,14 +92,7 @@ def _fetch_from_hub(
         )
     expected = expected or info.sha256
     if conditional is not None and expected is not None and conditional.sha256 == expected:
-        return FetchResult(
-            conditional.sha256,
-            conditional.bytes,
-            conditional.etag,
-            conditional.last_modified,
-            not_modified=True,
-            commit=info.commit,
-        )
+        return FetchResult.unchanged(conditional, commit=info.commit)
     downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter)
     result = downloader.fetch(
         directory,
