@@ -34,7 +34,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=".venv/.modelfetch-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) ${MODELFETCH_EXTRAS:-dev}"
+# The version is part of the stamp: an editable install's metadata (what
+# importlib.metadata reports) is only rewritten by reinstalling.
+want="$(cat pyproject.toml src/modelfetch/_version.py | sha256sum | cut -d' ' -f1) ${MODELFETCH_EXTRAS:-dev}"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: installing modelfetch[${MODELFETCH_EXTRAS:-dev}] into .venv" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[${MODELFETCH_EXTRAS:-dev}]"
