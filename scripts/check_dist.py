@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import configparser
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -64,10 +65,30 @@ def source_version() -> str:
     raise CheckFailed(f"no __version__ = '...' assignment in {PACKAGE_DIR / '_version.py'}")
 
 
+def _git_listed(directory: Path) -> list[Path] | None:
+    """Files git would commit under ``directory`` (tracked or new, not ignored), so an
+    editor's swap file or a build leftover is not mistaken for part of the package."""
+    try:
+        done = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."],
+            cwd=directory,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (an unpacked sdist, say)
+    return [directory / name for name in done.stdout.decode().split("\0") if name]
+
+
 def package_files() -> set[str]:
     """Every file of the package in the source tree, as paths relative to src/."""
+    listed = _git_listed(PACKAGE_DIR)
+    candidates = listed if listed is not None else list(PACKAGE_DIR.rglob("*"))
     files = set()
-    for path in PACKAGE_DIR.rglob("*"):
+    for path in candidates:
+        if path.name.startswith(".") or path.name.endswith("~"):
+            continue  # editor swap and backup files
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
             files.add(path.relative_to(PACKAGE_DIR.parent).as_posix())
     require(bool(files), f"no package files found under {PACKAGE_DIR}")
