@@ -155,6 +155,9 @@ class Origin:
         self.log: list[LoggedRequest] = []
         self.faults = Faults()
         self.rate: float | None = None  # bytes per second per response body
+        # Called with each request before it is answered: lets a test change the repo at an
+        # exact point of the protocol (say, move a branch after the first listing page).
+        self.on_request: Callable[[LoggedRequest], None] | None = None
         self.closing = threading.Event()
         self._lock = threading.Lock()
         self._route = route
@@ -192,13 +195,14 @@ class Origin:
         with self._lock:
             return sum(r.body_bytes for r in self.log)
 
-    def _take_faults(self, path: str) -> tuple[int | None, int | None]:
+    def _take_faults(self, method: str, path: str) -> tuple[int | None, int | None]:
         with self._lock:
             f = self.faults
             if f.path_contains is not None and f.path_contains not in path:
                 return None, None
             status = f.fail_statuses.pop(0) if f.fail_statuses else None
-            drop = f.drop_after.pop(0) if f.drop_after and status is None else None
+            body = method == "GET" and status is None  # only a body can be cut short
+            drop = f.drop_after.pop(0) if f.drop_after and body else None
             return status, drop
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -220,7 +224,9 @@ class Origin:
                 record = LoggedRequest(self.command, self.path, dict(self.headers.items()))
                 with origin._lock:
                     origin.log.append(record)
-                status, drop = origin._take_faults(self.path)
+                if origin.on_request is not None:
+                    origin.on_request(record)
+                status, drop = origin._take_faults(self.command, self.path)
                 if status is not None:
                     reply = Reply(status, [("Content-Type", "text/plain")], b"injected failure")
                     if origin.faults.retry_after:
@@ -370,6 +376,9 @@ class HubEmulator:
         self.expired_status = expired_status
         self.repos: dict[str, Repo] = {}
         self.blobs: dict[str, bytes] = {}  # sha256 -> content, what the CDN stores
+        # A lying server: bytes served instead of a file's content (keyed by its sha256 for
+        # LFS files, by its git blob id for git files), with every header left as it was.
+        self.tampered: dict[str, bytes] = {}
         self._secret = secrets.token_bytes(32)
         self._clock_offset = 0.0
         self._counter = itertools.count(1)
@@ -537,6 +546,8 @@ class HubEmulator:
                 403, problem, "The request signature we calculated does not match"
             )
         data = self.blobs[m.group(1)]
+        etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+        data = self.tampered.get(m.group(1), data)
         headers = [
             ("Content-Type", "application/octet-stream"),
             ("Last-Modified", email.utils.formatdate(1_700_000_000, usegmt=True)),
@@ -545,8 +556,7 @@ class HubEmulator:
         disposition = req.query.get("response-content-disposition")
         if disposition:
             headers.append(("Content-Disposition", disposition))
-        # The CDN's own validator: an MD5 like S3's, never the hub's SHA-256.
-        etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+        # The CDN's own validator (an MD5 like S3's, computed above), never the hub's SHA-256.
         return _ranged(req, data, etag if self.cdn_etag else None, headers)
 
     def _s3_error(self, status: int, code: str, message: str) -> Reply:
@@ -633,7 +643,8 @@ class HubEmulator:
         if entry is None or entry.lfs:
             return _error(404, "EntryNotFound", "Entry not found", [("X-Repo-Commit", found.oid)])
         headers = [("X-Repo-Commit", found.oid), ("Content-Type", "text/plain; charset=utf-8")]
-        return _ranged(req, entry.data, f'"{entry.git_oid}"', headers)
+        data = self.tampered.get(entry.git_oid, entry.data)
+        return _ranged(req, data, f'"{entry.git_oid}"', headers)
 
     # -- the API -------------------------------------------------------------------------
     def _api(self, req: _Request, rest: str) -> Reply:
