@@ -9,6 +9,7 @@ import pytest
 
 from devtools.fault_server import FaultServer
 from devtools.genmodel import random_bytes
+from devtools.hub_emulator import HubEmulator
 from devtools.nginx import Nginx, nginx_binary
 from modelfetch import EnsureOptions
 
@@ -45,6 +46,20 @@ def blob_sha(blob: bytes) -> str:
 def opts(cache_dir: Path) -> EnsureOptions:
     """Options with fast back-off so retry tests stay quick."""
     return EnsureOptions(cache_dir=cache_dir, retry_backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[HubEmulator]:
+    """A Hugging Face hub and its CDN (two origins) that answer like the real ones."""
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "MODELFETCH_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    with HubEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def hub_opts(opts: EnsureOptions, hub: HubEmulator) -> EnsureOptions:
+    return opts.merged(hf_endpoint=hub.endpoint)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""hf:// sources against an origin that answers like the Hugging Face resolve endpoint:
-the hub's SHA-256 (X-Linked-Etag) is enforced, the commit recorded, credentials stay with
-the hub, and offline switches make zero requests."""
+"""hf:// sources against the hub + CDN emulation: the hub's SHA-256 (X-Linked-Etag) is
+enforced, the commit recorded, credentials stay with the hub, and offline switches make
+zero requests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.fault_server import FaultServer, Resource
+from devtools.hub_emulator import HubEmulator
 from modelfetch import (
     CacheMissError,
     DownloadError,
@@ -24,140 +24,130 @@ from modelfetch.hf import parse_hub_headers
 from .conftest import sha256_of
 
 COMMIT = "a" * 40
-RESOLVE = "/TheOrg/Tiny-GGUF/resolve/main/tiny-Q4_K_M.gguf"
-SOURCE = "hf://TheOrg/Tiny-GGUF/tiny-Q4_K_M.gguf"
+REPO = "TheOrg/Tiny-GGUF"
+SOURCE = f"hf://{REPO}/tiny-Q4_K_M.gguf"
 
 
 @pytest.fixture
-def hub(
-    server: FaultServer, other_server: FaultServer, monkeypatch: pytest.MonkeyPatch
-) -> tuple[FaultServer, FaultServer]:
-    """``server`` plays the hub, ``other_server`` the CDN it redirects LFS files to."""
-    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("MODELFETCH_OFFLINE", raising=False)
-    return server, other_server
-
-
-def publish(hub: tuple[FaultServer, FaultServer], data: bytes, linked: str | None = None) -> None:
-    server, cdn = hub
-    cdn_url = cdn.add("/blobs/tiny", Resource(data))
-    sha = linked or hashlib.sha256(data).hexdigest()
-    server.add(
-        RESOLVE,
-        Resource(
-            b"",
-            redirect_to=cdn_url + "?X-Amz-Signature=cdn-secret",
-            headers={
-                "X-Repo-Commit": COMMIT,
-                "X-Linked-Etag": f'"{sha}"',
-                "X-Linked-Size": str(len(data)),
-            },
-        ),
-    )
+def published(hub: HubEmulator, blob: bytes) -> str:
+    """The repo with one LFS file; returns its commit."""
+    return hub.create_repo(REPO, {"tiny-Q4_K_M.gguf": blob})
 
 
 def test_hub_sha_is_enforced_and_commit_recorded(
-    hub: tuple[FaultServer, FaultServer], opts: EnsureOptions, blob: bytes, blob_sha: str
+    hub: HubEmulator, hub_opts: EnsureOptions, published: str, blob_sha: str
 ) -> None:
-    publish(hub, blob)
-    entry = ensure(SOURCE, opts, bearer_token="hf_secret")
+    hub.token = "hf_secret"
+    entry = ensure(SOURCE, hub_opts, bearer_token="hf_secret")
     assert entry.sha256 == blob_sha == sha256_of(entry.path)
-    assert entry.commit == COMMIT
+    assert entry.commit == published
     meta = json.loads((entry.directory / "metadata.json").read_text())
-    assert meta["commit"] == COMMIT and "cdn-secret" not in json.dumps(meta)
-    server, cdn = hub
-    assert [r.method for r in server.log] == ["HEAD", "GET"]
-    assert all(r.headers.get("Authorization") == "Bearer hf_secret" for r in server.log)
-    assert all("Authorization" not in r.headers for r in cdn.log)  # token stays with the hub
+    assert meta["commit"] == published and "X-Amz" not in json.dumps(meta)
+    assert [r.method for r in hub.hub.log] == ["HEAD", "GET"]
+    assert all(r.header("Authorization") == "Bearer hf_secret" for r in hub.hub.log)
+    assert hub.cdn.requests("GET") and not any(r.header("Authorization") for r in hub.cdn.log)
 
 
 def test_a_lying_cdn_is_caught_by_the_hub_sha(
-    hub: tuple[FaultServer, FaultServer], opts: EnsureOptions, blob: bytes, cache_dir: Path
+    hub: HubEmulator, hub_opts: EnsureOptions, published: str, blob: bytes, cache_dir: Path
 ) -> None:
-    publish(hub, blob, linked="0" * 64)
+    hub.tampered[hashlib.sha256(blob).hexdigest()] = blob[::-1]
     with pytest.raises(IntegrityError):
-        ensure(SOURCE, opts)
-    assert not list(cache_dir.glob("entries/*/tiny-Q4_K_M.gguf"))
+        ensure(SOURCE, hub_opts)
+    assert not list(cache_dir.glob("entries/*/tiny-Q4_K_M.gguf*"))  # nor a part
 
 
 def test_pinned_sha_that_disagrees_with_the_hub_fails_before_downloading(
-    hub: tuple[FaultServer, FaultServer], opts: EnsureOptions, blob: bytes
+    hub: HubEmulator, hub_opts: EnsureOptions, published: str
 ) -> None:
-    publish(hub, blob)
     with pytest.raises(IntegrityError, match="pinned"):
-        ensure(SOURCE, opts, sha256="1" * 64)
-    assert hub[1].log == []
+        ensure(SOURCE, hub_opts, sha256="1" * 64)
+    assert hub.cdn.log == []
 
 
 def test_hits_and_offline_make_zero_requests(
-    hub: tuple[FaultServer, FaultServer],
-    opts: EnsureOptions,
-    blob: bytes,
+    hub: HubEmulator,
+    hub_opts: EnsureOptions,
+    published: str,
     blob_sha: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    publish(hub, blob)
-    ensure(SOURCE, opts)
-    server, cdn = hub
-    before = len(server.log) + len(cdn.log)
-    assert ensure(SOURCE, opts).sha256 == blob_sha  # prefer_cached hit
+    ensure(SOURCE, hub_opts)
+    before = len(hub.hub.log) + len(hub.cdn.log)
+    assert ensure(SOURCE, hub_opts).sha256 == blob_sha  # prefer_cached hit
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert ensure(SOURCE, opts, policy="refresh").sha256 == blob_sha  # offline wins
-    assert len(server.log) + len(cdn.log) == before
+    assert ensure(SOURCE, hub_opts, policy="refresh").sha256 == blob_sha  # offline wins
+    assert len(hub.hub.log) + len(hub.cdn.log) == before
     with pytest.raises(CacheMissError, match="offline"):
-        ensure("hf://TheOrg/Tiny-GGUF/other.gguf", opts)
-    assert len(server.log) + len(cdn.log) == before
+        ensure(f"hf://{REPO}/other.gguf", hub_opts)
+    assert len(hub.hub.log) + len(hub.cdn.log) == before
 
 
 def test_refresh_with_unchanged_hub_sha_downloads_nothing(
-    hub: tuple[FaultServer, FaultServer], opts: EnsureOptions, blob: bytes
+    hub: HubEmulator, hub_opts: EnsureOptions, published: str
 ) -> None:
-    publish(hub, blob)
-    ensure(SOURCE, opts)
+    ensure(SOURCE, hub_opts)
     events: list[ProgressEvent] = []
-    ensure(SOURCE, opts, policy="refresh", progress=events.append)
+    ensure(SOURCE, hub_opts, policy="refresh", progress=events.append)
     assert "not_modified" in [e.kind for e in events]
-    assert [r.method for r in hub[0].log] == ["HEAD", "GET", "HEAD"]
-    assert len(hub[1].log) == 1
+    assert [r.method for r in hub.hub.log] == ["HEAD", "GET", "HEAD"]
+    assert len(hub.cdn.log) == 1
 
 
 def test_refresh_follows_a_moved_branch(
-    hub: tuple[FaultServer, FaultServer], opts: EnsureOptions, blob: bytes
+    hub: HubEmulator, hub_opts: EnsureOptions, published: str, blob: bytes
 ) -> None:
-    publish(hub, blob)
-    ensure(SOURCE, opts)
+    ensure(SOURCE, hub_opts)
     new = blob[::-1]
-    server, cdn = hub
-    cdn.resources["/blobs/tiny"].replace_data(new)
-    server.resources[RESOLVE].headers["X-Linked-Etag"] = hashlib.sha256(new).hexdigest()
-    server.resources[RESOLVE].headers["X-Repo-Commit"] = "b" * 40
-    entry = ensure(SOURCE, opts, policy="refresh")
+    second = hub.push(REPO, {"tiny-Q4_K_M.gguf": new})
+    entry = ensure(SOURCE, hub_opts, policy="refresh")
     assert entry.sha256 == hashlib.sha256(new).hexdigest() == sha256_of(entry.path)
-    assert entry.commit == "b" * 40
-
-
-def test_missing_repo_is_a_clear_404(
-    hub: tuple[FaultServer, FaultServer], opts: EnsureOptions
-) -> None:
-    with pytest.raises(DownloadError, match="404"):
-        ensure("hf://TheOrg/Missing/x.gguf", opts)
+    assert entry.commit == second != published
 
 
 @pytest.mark.parametrize(
-    "headers, expected",
+    "source, words",
+    [
+        ("hf://TheOrg/Missing/x.gguf", "repository not found"),
+        (f"hf://{REPO}@nope/tiny-Q4_K_M.gguf", "no such revision"),
+        (f"hf://{REPO}/missing.gguf", "no such file at this revision"),
+    ],
+)
+def test_hub_errors_are_one_clear_line(
+    hub: HubEmulator, hub_opts: EnsureOptions, published: str, source: str, words: str
+) -> None:
+    with pytest.raises(DownloadError, match="404") as info:
+        ensure(source, hub_opts)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "headers, final, expected",
     [
         ({"X-Repo-Commit": COMMIT, "X-Linked-Etag": '"' + "c" * 64 + '"', "X-Linked-Size": "5"},
-         (COMMIT, "c" * 64, 5)),
+         False, (COMMIT, "c" * 64, 5, None)),
         ({"x-repo-commit": "nothex", "x-linked-etag": "W/\"abc\"", "x-linked-size": "-1"},
-         (None, None, None)),
-        ({"X-Linked-Size": "9" * 30, "X-Linked-Etag": "C" * 64}, (None, "c" * 64, None)),
-        ({}, (None, None, None)),
+         False, (None, None, None, None)),
+        ({"X-Linked-Size": "9" * 30, "X-Linked-Etag": "C" * 64},
+         False, (None, "c" * 64, None, None)),
+        ({}, False, (None, None, None, None)),
+        # a git-stored file: the final answer's ETag is its blob id, Content-Length its size
+        ({"X-Repo-Commit": COMMIT, "ETag": '"' + "d" * 40 + '"', "Content-Length": "12"},
+         True, (COMMIT, None, 12, "d" * 40)),
+        # ... but not on a redirect, not weak, not without a commit, not next to an LFS id
+        ({"X-Repo-Commit": COMMIT, "ETag": '"' + "d" * 40 + '"', "Content-Length": "12"},
+         False, (COMMIT, None, None, None)),
+        ({"X-Repo-Commit": COMMIT, "ETag": 'W/"' + "d" * 40 + '"'},
+         True, (COMMIT, None, None, None)),
+        ({"ETag": '"' + "d" * 40 + '"', "Content-Length": "12"}, True, (None, None, None, None)),
+        ({"X-Repo-Commit": COMMIT, "ETag": '"' + "d" * 40 + '"', "X-Linked-Etag": "e" * 64},
+         True, (COMMIT, "e" * 64, None, None)),
     ],
 )  # fmt: skip
 def test_hub_headers_are_parsed_defensively(
-    headers: dict[str, str], expected: tuple[str | None, str | None, int | None]
+    headers: dict[str, str],
+    final: bool,
+    expected: tuple[str | None, str | None, int | None, str | None],
 ) -> None:
-    info = parse_hub_headers(headers)
-    assert (info.commit, info.sha256, info.size) == expected
+    info = parse_hub_headers(headers, final=final)
+    assert (info.commit, info.sha256, info.size, info.git_sha1) == expected

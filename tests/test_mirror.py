@@ -15,31 +15,23 @@ import pytest
 import urllib3
 
 from devtools.fault_server import FaultServer, Resource
+from devtools.hub_emulator import HubEmulator
 from modelfetch import ModelSource, ensure
 from modelfetch.mirror import MirrorServer
 
-COMMIT = "c" * 40
 REPO = "TheOrg/Tiny-GGUF"
 FILE = "sub/tiny-Q4_K_M.gguf"
 
 
 @pytest.fixture
-def upstream(server: FaultServer, other_server: FaultServer, blob: bytes, blob_sha: str) -> str:
-    """A hub (``server``) whose LFS files redirect to a CDN (``other_server``)."""
-    cdn = other_server.add("/blobs/tiny", Resource(blob))
-    server.add(
-        f"/{REPO}/resolve/main/{FILE}",
-        Resource(
-            b"",
-            redirect_to=cdn,
-            headers={
-                "X-Repo-Commit": COMMIT,
-                "X-Linked-Etag": f'"{blob_sha}"',
-                "X-Linked-Size": str(len(blob)),
-            },
-        ),
-    )
-    return server.url("")
+def commit(hub: HubEmulator, blob: bytes) -> str:
+    """The upstream: the hub + CDN emulation with one LFS file; returns its commit."""
+    return hub.create_repo(REPO, {FILE: blob})
+
+
+@pytest.fixture
+def upstream(hub: HubEmulator, commit: str) -> str:
+    return hub.endpoint
 
 
 @pytest.fixture
@@ -72,24 +64,36 @@ def hf_download(endpoint: str, home: Path, revision: str = "main") -> Path:
 
 
 def test_huggingface_hub_downloads_through_the_mirror(
-    mirror: MirrorServer,
-    server: FaultServer,
-    other_server: FaultServer,
-    tmp_path: Path,
-    blob: bytes,
+    mirror: MirrorServer, hub: HubEmulator, commit: str, tmp_path: Path, blob: bytes
 ) -> None:
     first = hf_download(mirror.url, tmp_path / "client1")
     assert first.read_bytes() == blob
-    assert COMMIT in str(first)  # the snapshot folder is named after the hub's commit
+    assert commit in str(first)  # the snapshot folder is named after the hub's commit
     second = hf_download(mirror.url, tmp_path / "client2")
     assert second.read_bytes() == blob
     # two clients, one pull from the upstream (HEAD + GET at the hub, one GET at the CDN)
-    assert len(other_server.requests_for("/blobs/tiny")) == 1
-    assert len(server.requests_for(f"/{REPO}/resolve/main/{FILE}", "GET")) == 1
+    assert len(hub.cdn.requests("GET")) == 1
+    assert len(hub.hub.requests("GET", "/resolve/")) == 1
+
+
+def test_modelfetch_clients_pin_the_commit_and_the_mirror_pulls_once(
+    tmp_path: Path, hub: HubEmulator, commit: str, blob_sha: str
+) -> None:
+    """modelfetch asks the mirror for /resolve/<commit>/ after resolving main: that is a hit
+    on what the mirror cached for main, also after a restart of the mirror."""
+    source = ModelSource.huggingface(REPO, FILE)
+    cache = tmp_path / "mirror-cache"
+    with MirrorServer(cache, upstream=hub.endpoint) as m:
+        for client in ("c1", "c2"):
+            entry = ensure(source, cache_dir=tmp_path / client, hf_endpoint=m.url)
+            assert entry.sha256 == blob_sha and entry.commit == commit
+    with MirrorServer(cache, upstream=hub.endpoint) as m:
+        assert ensure(source, cache_dir=tmp_path / "c3", hf_endpoint=m.url).commit == commit
+    assert len(hub.cdn.requests("GET")) == 1  # one pull from the upstream for three clients
 
 
 def test_mirror_speaks_range_etag_and_hub_headers(
-    mirror: MirrorServer, blob: bytes, blob_sha: str
+    mirror: MirrorServer, commit: str, blob: bytes, blob_sha: str
 ) -> None:
     pool = urllib3.PoolManager()
     url = f"{mirror.url}/{REPO}/resolve/main/{FILE}"
@@ -97,7 +101,7 @@ def test_mirror_speaks_range_etag_and_hub_headers(
     assert head.status == 200
     assert head.headers["X-Linked-Etag"] == f'"{blob_sha}"'
     assert head.headers["X-Linked-Size"] == str(len(blob))
-    assert head.headers["X-Repo-Commit"] == COMMIT
+    assert head.headers["X-Repo-Commit"] == commit
     assert head.headers["Content-Length"] == str(len(blob))
     part = pool.request("GET", url, headers={"Range": "bytes=100-199"})
     assert part.status == 206 and part.data == blob[100:200]
@@ -139,18 +143,18 @@ def test_mirror_rejects_hostile_paths_and_reports_upstream_404(
 
 
 def test_offline_mirror_serves_cache_only(
-    tmp_path: Path, upstream: str, server: FaultServer, blob: bytes
+    tmp_path: Path, upstream: str, hub: HubEmulator, blob: bytes
 ) -> None:
     cache = tmp_path / "c"
     ensure(ModelSource.huggingface(REPO, FILE), cache_dir=cache, hf_endpoint=upstream)
-    before = len(server.log)
+    before = len(hub.hub.log)
     with MirrorServer(cache, offline=True, upstream=upstream) as m:
         pool = urllib3.PoolManager()
         ok = pool.request("GET", f"{m.url}/{REPO}/resolve/main/{FILE}")
         assert ok.status == 200 and ok.data == blob
         miss = pool.request("GET", f"{m.url}/{REPO}/resolve/main/other.gguf")
         assert miss.status == 404
-    assert len(server.log) == before
+    assert len(hub.hub.log) == before
 
 
 def test_by_key_route_serves_url_entries(tmp_path: Path, server: FaultServer, blob: bytes) -> None:
@@ -163,7 +167,7 @@ def test_by_key_route_serves_url_entries(tmp_path: Path, server: FaultServer, bl
         assert pool.request("GET", f"{m.url}/by-key/{'0' * 64}").status == 404
 
 
-def test_serve_command_end_to_end(tmp_path: Path, upstream: str, blob: bytes) -> None:
+def test_serve_command_end_to_end(tmp_path: Path, upstream: str, commit: str, blob: bytes) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelfetch", "--cache-dir", str(tmp_path / "c"), "serve",
          "--port", "0", "--upstream", upstream],
@@ -176,7 +180,7 @@ def test_serve_command_end_to_end(tmp_path: Path, upstream: str, blob: bytes) ->
         pool = urllib3.PoolManager()
         resp = pool.request("GET", f"{url}/{REPO}/resolve/main/{FILE}", timeout=30)
         assert resp.status == 200 and resp.data == blob
-        assert resp.headers["X-Repo-Commit"] == COMMIT
+        assert resp.headers["X-Repo-Commit"] == commit
     finally:
         proc.terminate()
         proc.wait(timeout=10)

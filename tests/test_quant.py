@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
+from devtools.hub_emulator import HubEmulator
 from modelfetch import CacheMissError, EnsureOptions, InvalidSourceError, ensure
 from modelfetch.quant import choose_file
 
@@ -25,38 +25,30 @@ FILES = [
 
 
 @pytest.fixture
-def hub(server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> FaultServer:
-    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    page1 = [{"type": "file", "path": p} for p in FILES[:4]] + [
-        {"type": "directory", "path": "Q5_K_M"}
-    ]
-    page2 = [{"type": "file", "path": p} for p in FILES[4:]]
-    server.add(
-        "/api/models/o/r/tree/main",
-        Resource(
-            json.dumps(page1).encode(),
-            headers={"Link": f'<{server.url("/api/next-page")}>; rel="next"'},
-        ),
-    )
-    server.add("/api/next-page", Resource(json.dumps(page2).encode()))
-    for i, path in enumerate(FILES):
-        server.add(f"/o/r/resolve/main/{path}", Resource(random_bytes(1000 + i, seed=i)))
-    return server
+def repo(hub: HubEmulator, hub_opts: EnsureOptions) -> EnsureOptions:
+    """o/r on the emulated hub, listed 3 entries per page (so the listing takes pages)."""
+    hub.page_size = 3
+    hub.create_repo("o/r", {path: random_bytes(1000 + i, seed=i) for i, path in enumerate(FILES)})
+    return hub_opts
 
 
-def test_tag_picks_the_matching_file(hub: FaultServer, opts: EnsureOptions) -> None:
-    entry = ensure("hf://o/r:q4_k_m", opts)  # case-insensitive, mmproj skipped
+def test_tag_picks_the_matching_file(hub: HubEmulator, repo: EnsureOptions) -> None:
+    entry = ensure("hf://o/r:q4_k_m", repo)  # case-insensitive, mmproj skipped
     assert entry.path.name == "model-Q4_K_M.gguf"
     assert entry.path.read_bytes() == random_bytes(1002, seed=2)
+    # main resolved once; listed (3 pages) and downloaded at that commit
+    commit = hub.resolve("o/r", "main")
+    assert commit is not None and entry.commit == commit.oid
+    assert len(hub.hub.requests("GET", "/api/models/o/r/revision/main")) == 1
+    assert len(hub.hub.requests("GET", f"/api/models/o/r/tree/{commit.oid}")) == 3
 
 
-def test_no_tag_means_q4_k_m_like_llama_cpp(hub: FaultServer, opts: EnsureOptions) -> None:
-    assert ensure("hf://o/r", opts).path.name == "model-Q4_K_M.gguf"
+def test_no_tag_means_q4_k_m_like_llama_cpp(repo: EnsureOptions) -> None:
+    assert ensure("hf://o/r", repo).path.name == "model-Q4_K_M.gguf"
 
 
-def test_a_split_quant_brings_its_set(hub: FaultServer, opts: EnsureOptions) -> None:
-    entry = ensure("hf://o/r:Q5_K_M", opts)  # listed on the second page
+def test_a_split_quant_brings_its_set(repo: EnsureOptions) -> None:
+    entry = ensure("hf://o/r:Q5_K_M", repo)  # listed on a later page
     assert entry.set_path is not None
     assert sorted(p.name for p in entry.set_path.parent.iterdir()) == [
         "model-Q5_K_M-00001-of-00002.gguf",
@@ -65,30 +57,28 @@ def test_a_split_quant_brings_its_set(hub: FaultServer, opts: EnsureOptions) -> 
 
 
 def test_resolution_is_remembered_for_zero_request_and_offline_use(
-    hub: FaultServer, opts: EnsureOptions, monkeypatch: pytest.MonkeyPatch
+    hub: HubEmulator, repo: EnsureOptions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = ensure("hf://o/r:Q8_0", opts)
-    before = len(hub.log)
-    assert ensure("hf://o/r:Q8_0", opts).path == first.path
+    first = ensure("hf://o/r:Q8_0", repo)
+    before = len(hub.hub.log) + len(hub.cdn.log)
+    assert ensure("hf://o/r:Q8_0", repo).path == first.path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert ensure("hf://o/r:Q8_0", opts).path == first.path
-    assert len(hub.log) == before
+    assert ensure("hf://o/r:Q8_0", repo).path == first.path
+    assert len(hub.hub.log) + len(hub.cdn.log) == before
     with pytest.raises(CacheMissError, match="resolve it once"):
-        ensure("hf://o/r:Q4_K_S", opts)
+        ensure("hf://o/r:Q4_K_S", repo)
 
 
-def test_unknown_tag_lists_what_exists(hub: FaultServer, opts: EnsureOptions) -> None:
+def test_unknown_tag_lists_what_exists(repo: EnsureOptions) -> None:
     with pytest.raises(InvalidSourceError, match=r"tags found: Q4_K_M, Q4_K_S, Q5_K_M, Q8_0"):
-        ensure("hf://o/r:IQ2_XXS", opts)
+        ensure("hf://o/r:IQ2_XXS", repo)
 
 
-def test_hostile_ref_file_is_ignored(
-    hub: FaultServer, opts: EnsureOptions, cache_dir: Path
-) -> None:
-    ensure("hf://o/r:Q8_0", opts)
+def test_hostile_ref_file_is_ignored(repo: EnsureOptions, cache_dir: Path) -> None:
+    ensure("hf://o/r:Q8_0", repo)
     (ref,) = (cache_dir / "refs").iterdir()
     ref.write_text(json.dumps({"identity": "hfq:o/r@main:Q8_0", "path": "../../etc/passwd"}))
-    assert ensure("hf://o/r:Q8_0", opts).path.name == "model-Q8_0.gguf"  # re-resolved
+    assert ensure("hf://o/r:Q8_0", repo).path.name == "model-Q8_0.gguf"  # re-resolved
 
 
 @pytest.mark.parametrize(

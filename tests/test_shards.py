@@ -9,6 +9,7 @@ import pytest
 
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
+from devtools.hub_emulator import HubEmulator
 from modelfetch import Cache, CacheMissError, EnsureOptions, InvalidSourceError, ensure
 from modelfetch.source import ModelSource
 
@@ -58,17 +59,13 @@ def test_moving_the_root_keeps_sets_working(
 
 
 def test_hf_shards_resolve_in_the_same_folder(
-    server: FaultServer,
-    shard_bytes: list[bytes],
-    opts: EnsureOptions,
-    monkeypatch: pytest.MonkeyPatch,
+    hub: HubEmulator, hub_opts: EnsureOptions, shard_bytes: list[bytes]
 ) -> None:
-    monkeypatch.setenv("HF_ENDPOINT", server.url(""))
-    for name, data in zip(NAMES, shard_bytes, strict=True):
-        server.add(f"/o/r/resolve/main/q4/{name}", Resource(data))
-    entry = ensure(f"hf://o/r/q4/{NAMES[2]}", opts)
+    commit = hub.create_repo("o/r", {f"q4/{n}": b for n, b in zip(NAMES, shard_bytes, strict=True)})
+    entry = ensure(f"hf://o/r/q4/{NAMES[2]}", hub_opts)
     assert entry.set_path is not None
     assert [p.read_bytes() for p in sorted(entry.set_path.parent.iterdir())] == shard_bytes
+    assert entry.commit == commit
 
 
 def test_single_shard_when_asked(

@@ -13,8 +13,10 @@ Promotion of the finished part into the cache is the cache's job (cache.py), not
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +54,10 @@ MAX_RESTARTS = 3
 # delivering should finish), but only this many times, so every loop stays bounded.
 MAX_PROGRESS_ATTEMPTS = 50
 PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
+# A redirect target (a presigned CDN URL) answering one of these has most likely expired:
+# go back to the URL we were given for a fresh link, at most this many times per download.
+LINK_REFUSED = frozenset({401, 403, 410})
+MAX_LINK_REFRESHES = 64
 T = TypeVar("T")
 
 _STATUS_HINTS = {
@@ -131,6 +137,7 @@ class HttpDownloader:
         credentials: dict[str, str],
         options: EnsureOptions,
         emitter: ProgressEmitter,
+        git_sha1: str | None = None,
     ) -> None:
         self.url = url
         self.display = redact_url(url)
@@ -138,6 +145,13 @@ class HttpDownloader:
         self.opts = options
         self.emit = emitter
         self.single_only = options.connections <= 1
+        # A git-stored Hugging Face file: its git blob id, checked like a pinned SHA-256.
+        self.git_sha1 = git_sha1
+        # The link ``url`` last redirected to on another origin (a presigned CDN URL):
+        # segments go there directly, and a refused one is replaced by asking ``url`` again.
+        self._link: str | None = None
+        self._link_refreshes = 0
+        self._link_lock = threading.Lock()
 
     def fetch(
         self,
@@ -282,8 +296,9 @@ class HttpDownloader:
         self.emit.emit("start", contiguous_frontier(segments), state.total)
         plan = ResumePlan(1, {}, state)  # marks the result as resumed for the hash check
         connections = 1 if self.single_only else self.opts.connections
+        segment_url = self._link or self.url
         return self._transfer(
-            part, state_path, state, segments, None, False, self.url, plan, connections
+            part, state_path, state, segments, None, False, segment_url, plan, connections
         )
 
     def _transfer(
@@ -305,6 +320,7 @@ class HttpDownloader:
                 first[1].close()
             raise
         direct_fd = open_direct(part) if USE_DIRECT_IO else None
+        git = self._git_hasher(state.total)
         try:
             snapshot = [[s.start, s.end, s.pos] for s in segments]
             save_part_state(state_path, state.with_segments(snapshot))
@@ -325,6 +341,7 @@ class HttpDownloader:
                     if self.opts.parallel_below_mbps is None
                     else self.opts.parallel_below_mbps * 1e6
                 ),
+                also_hash=git,
             )
             digest, size = transfer.run(first)
         finally:
@@ -341,22 +358,76 @@ class HttpDownloader:
                 f"SHA-256 mismatch for {self.display}: expected {expected}, got {digest}; "
                 "the origin serves different bytes than you pinned"
             )
+        if git is not None and git.hexdigest() != self.git_sha1:
+            discard_part(part.parent, part.name[: -len(".part")])
+            if plan.offset or plan.state is not None:
+                raise _Restart("git blob SHA-1 mismatch after resume")
+            raise IntegrityError(
+                f"git blob SHA-1 mismatch for {self.display}: the hub names {self.git_sha1}, "
+                f"the {size} bytes received hash to {git.hexdigest()}"
+            )
         return FetchResult(digest, size, state.etag, state.last_modified)
+
+    def _git_hasher(self, total: int | None) -> hashlib._Hash | None:
+        """A SHA-1 primed with git's blob header, fed in file order next to the SHA-256."""
+        if self.git_sha1 is None:
+            return None
+        if total is None:
+            raise IntegrityError(
+                f"{self.display} is a git-stored file sent without a length: its git blob "
+                "id cannot be checked"
+            )
+        return hashlib.sha1(b"blob %d\x00" % total, usedforsecurity=False)
 
     # -- helpers ------------------------------------------------------------------------------
     def _request(self, url: str, headers: dict[str, str]) -> Response:
+        """Send one request; if a link ``self.url`` redirected to is refused (401/403/410:
+        a presigned URL that expired, as Hugging Face's CDN links do after an hour), ask
+        ``self.url`` once more for a fresh link instead of failing."""
+        with self._link_lock:
+            if url != self.url and self._link is not None:
+                url = self._link  # another request may have refreshed it meanwhile
+        resp = self._open(url, headers)
+        if resp.status not in LINK_REFUSED or origin_of(resp.url) == origin_of(self.url):
+            return resp
+        with self._link_lock:
+            if self._link not in (None, resp.url):
+                retry = self._link  # refreshed by another segment since we sent ours
+            elif self._link_refreshes < MAX_LINK_REFRESHES:
+                self._link_refreshes += 1
+                retry = self.url
+            else:
+                return resp
+        resp.close()
+        self.emit.emit("retry", message=f"the download link expired; asking {self.display} again")
+        return self._open(retry, headers)
+
+    def _open(self, url: str, headers: dict[str, str]) -> Response:
         same_origin = origin_of(url) == origin_of(self.url)
-        return open_url(
+        resp = open_url(
             url,
             headers=headers,
             credentials=self.credentials if same_origin else {},
             connect_timeout=self.opts.connect_timeout,
             read_timeout=self.opts.read_timeout,
         )
+        if resp.status < 300 and origin_of(resp.url) != origin_of(self.url):
+            with self._link_lock:
+                self._link = resp.url
+        return resp
 
     def _check_status(self, resp: Response) -> None:
-        if resp.status not in (200, 206, 416):
-            raise status_error(resp.status, self.display, resp.header("Retry-After"))
+        if resp.status in (200, 206, 416):
+            return
+        if resp.status in LINK_REFUSED and origin_of(resp.url) != origin_of(self.url):
+            # Not the origin's verdict on our credentials (they never go there): the server
+            # it sent us to refused even a freshly issued link.
+            raise DownloadError(
+                f"HTTP {resp.status} from {redact_url(resp.url)}, where {self.display} "
+                "redirected: that server refused the download link, also a fresh one",
+                status=resp.status,
+            )
+        raise status_error(resp.status, self.display, resp.header("Retry-After"))
 
     def _parallel_eligible(self, resp: Response, state: PartState, total: int | None) -> bool:
         if self.single_only or total is None or total < PARALLEL_MIN_BYTES:
@@ -367,8 +438,11 @@ class HttpDownloader:
         return state.if_range() is not None or self.opts.sha256 is not None
 
     def _open_segment(self, url: str, state: PartState, seg: Segment) -> Response:
-        assert seg.end is not None
-        headers = {"Range": f"bytes={seg.pos}-{seg.end - 1}"}
+        # What we ask for is what we check the answer against: work stealing may move
+        # seg.end while the request is out (longer when a link has to be refreshed).
+        start, end = seg.pos, seg.end
+        assert end is not None
+        headers = {"Range": f"bytes={start}-{end - 1}"}
         validator = state.if_range()
         if validator is not None:
             headers["If-Range"] = validator
@@ -377,7 +451,7 @@ class HttpDownloader:
             self._check_status(resp)
             if resp.status == 200:
                 raise RangeUnsupported("the server sent the whole file for a range request")
-            expected_range = f"bytes {seg.pos}-{seg.end - 1}/{state.total}"
+            expected_range = f"bytes {start}-{end - 1}/{state.total}"
             if resp.status != 206 or (resp.header("Content-Range") or "") != expected_range:
                 raise _Restart(f"unexpected answer to a segment request ({resp.status})")
             etag = resp.header("ETag")

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,11 @@ from .shards import assemble, siblings
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+# (repo id, revision) -> the commit it resolved to, for the rest of one ensure() call: the
+# shards of a split model, and the file a quantisation tag picked, all come from one commit.
+Pins = dict[tuple[str, str], str]
 
 
 def _options(options: EnsureOptions | None, overrides: dict[str, Any]) -> EnsureOptions:
@@ -56,6 +62,7 @@ def _fetch(
     opts: EnsureOptions,
     emitter: ProgressEmitter,
     conditional: CacheEntry | None = None,
+    pins: Pins | None = None,
 ) -> FetchResult:
     if source.kind == "path":
         assert source.local_path is not None
@@ -66,24 +73,39 @@ def _fetch(
     if source.kind != "hf":
         downloader = HttpDownloader(url, creds, opts, emitter)
         return downloader.fetch(directory, source.file_name, source.cache_key, conditional)
-    return _fetch_from_hub(source, url, creds, directory, opts, emitter, conditional)
+    pins = pins if pins is not None else {}
+    return _fetch_from_hub(source, creds, directory, opts, emitter, conditional, pins)
 
 
 def _fetch_from_hub(
     source: ModelSource,
-    url: str,
     creds: dict[str, str],
     directory: Path,
     opts: EnsureOptions,
     emitter: ProgressEmitter,
     conditional: CacheEntry | None,
+    pins: Pins,
 ) -> FetchResult:
-    """Ask the hub for the file's SHA-256 and commit first, then download and verify."""
+    """Ask the hub for the file's SHA-256 (or git blob id) and commit first, then download
+    from that commit and verify."""
+    assert source.repo_id is not None and source.revision is not None
+    pin = (source.repo_id, source.revision)
+    asked = pins.get(pin) or (source.revision if _COMMIT.match(source.revision) else None)
+    url = source.resolve_url(opts.hf_endpoint, asked)
     probe = HttpDownloader(url, creds, opts, emitter)
     info = probe.retrying(
         lambda: head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout),
         lambda: None,
     )
+    if asked is not None and info.commit not in (None, asked):
+        raise DownloadError(
+            f"{source.display}: asked the hub for commit {asked}, it answered for {info.commit}"
+        )
+    if info.commit is not None:
+        pins[pin] = info.commit
+        # Everything from now on asks for this commit: a branch moving meanwhile (pushed
+        # to during a long download) can't slip another version into a retry or resume.
+        url = source.resolve_url(opts.hf_endpoint, info.commit)
     expected = opts.sha256
     if info.sha256 and expected and info.sha256 != expected:
         raise IntegrityError(
@@ -93,7 +115,7 @@ def _fetch_from_hub(
     expected = expected or info.sha256
     if conditional is not None and expected is not None and conditional.sha256 == expected:
         return FetchResult.unchanged(conditional, commit=info.commit)
-    downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter)
+    downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter, info.git_sha1)
     result = downloader.fetch(
         directory,
         source.file_name,
@@ -101,6 +123,7 @@ def _fetch_from_hub(
         conditional if expected is None else None,
     )
     if info.size is not None and result.bytes != info.size:
+        discard_part(directory, source.file_name)
         raise IntegrityError(
             f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
         )
@@ -121,20 +144,22 @@ def ensure(
     opts = _options(options, overrides)
     src = ModelSource.coerce(source)
     cache = Cache(opts.cache_dir)
+    pins: Pins = {}
     if src.quant is not None:
         offline = offline_for(src) or opts.policy is CachePolicy.CACHE_ONLY
         if not offline:
             cache.prepare()
-        src = resolve_quant(src, opts, cache.root, credentials_for(src, opts), offline)
+        creds = credentials_for(src, opts)
+        src = resolve_quant(src, opts, cache.root, creds, offline, pins)
     group = siblings(src) if opts.shards else None
     if not group:
-        return _ensure_one(src, opts, cache)
+        return _ensure_one(src, opts, cache, pins)
     if opts.sha256 is not None:
         raise InvalidSourceError(
             "a pinned sha256 names one file; a split model has several (pass shards=False "
             "to fetch a single shard)"
         )
-    entries = [_ensure_one(shard, opts, cache) for shard in group]
+    entries = [_ensure_one(shard, opts, cache, pins) for shard in group]
     folder = assemble(cache.root, group, [e.path for e in entries])
     asked = [e for e, s in zip(entries, group, strict=True) if s.cache_key == src.cache_key]
     mine = asked[0] if asked else entries[0]
@@ -142,12 +167,14 @@ def ensure(
     return replace(mine, set_path=first)
 
 
-def _ensure_one(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEntry:
+def _ensure_one(
+    src: ModelSource, opts: EnsureOptions, cache: Cache, pins: Pins | None = None
+) -> CacheEntry:
     emitter = ProgressEmitter(opts.progress, src.display)
     policy = CachePolicy.CACHE_ONLY if offline_for(src) else opts.policy
 
     if policy is CachePolicy.NO_CACHE:
-        return _ensure_transient(cache, src, opts, emitter)
+        return _ensure_transient(cache, src, opts, emitter, pins)
 
     if policy is not CachePolicy.REFRESH:
         hit = cache.lookup_fast(src, opts.sha256)
@@ -178,7 +205,7 @@ def _ensure_one(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEnt
             result = _fetch_from_tier(tier, src, directory, opts, emitter)
         from_tier = result is not None
         if result is None:
-            result = _fetch(src, directory, opts, emitter, conditional=existing)
+            result = _fetch(src, directory, opts, emitter, existing, pins)
         if result.not_modified and existing is not None:
             emitter.emit("not_modified", existing.bytes, existing.bytes)
             return cache.mark_revalidated(existing, commit=result.commit)
@@ -249,14 +276,14 @@ def _upload_to_tier(
 
 
 def _ensure_transient(
-    cache: Cache, src: ModelSource, opts: EnsureOptions, emitter: ProgressEmitter
+    cache: Cache, src: ModelSource, opts: EnsureOptions, emitter: ProgressEmitter, pins: Pins | None
 ) -> CacheEntry:
     cache.prepare()
     directory = cache.new_transient_dir(src)
     directory.mkdir()
     try:
         with cache.lock(directory).hold(cancel=opts.cancel):
-            result = _fetch(src, directory, opts, emitter)
+            result = _fetch(src, directory, opts, emitter, None, pins)
             entry = _promote(cache, src, directory, result, transient=True)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)  # a random-named dir can't be resumed

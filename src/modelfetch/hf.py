@@ -1,27 +1,47 @@
-"""What the Hugging Face resolve endpoint tells us before we download a file.
+"""What the Hugging Face hub tells us before we download a file, and which commit to use.
 
-A ``HEAD`` on ``{endpoint}/{repo}/resolve/{revision}/{path}`` answers (on the redirect to
-the CDN, for files stored in LFS/Xet) with:
+A ``HEAD`` on ``{endpoint}/{repo}/resolve/{revision}/{path}`` answers, for a file stored in
+LFS/Xet, with a redirect to a presigned CDN URL carrying:
 
-* ``X-Linked-Etag``: the SHA-256 of an LFS file's content; used as the expected hash, so
+* ``X-Linked-Etag``: the SHA-256 of the file's content; used as the expected hash, so
   every hub download is verified without the caller pinning anything;
 * ``X-Linked-Size``: its size;
-* ``X-Repo-Commit``: the commit the revision resolved to; recorded in the sidecar.
+* ``X-Repo-Commit``: the commit the revision resolved to.
+
+For a small git-stored file it answers with a *relative* redirect to
+``/api/resolve-cache/...`` on the hub itself, which we follow; that answer carries the
+file's git blob id as its ``ETag`` (``sha1(b"blob <size>\\0" + content)``), its size as
+``Content-Length``, and ``X-Repo-Commit``.
 
 Redirects to another origin are not followed for the HEAD: the headers we want are on the
 redirect itself, and the credentials must not travel to the CDN anyway.
+
+Once a revision has resolved to a commit, every later request of the same download asks
+for ``/resolve/<commit>/...``: a branch that moves meanwhile cannot mix two versions.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.parse
 from dataclasses import dataclass
 
-from .http_client import open_url
+from .errors import DownloadError
+from .http_client import Response, open_url
 from .redact import redact_url
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+MAX_INFO_BYTES = 32 * 1024 * 1024
+
+# X-Error-Code values of the hub, in words a person can act on.
+_HUB_ERRORS = {
+    "RepoNotFound": "repository not found (or private: pass a token that may read it)",
+    "RevisionNotFound": "no such revision (branch, tag or commit) in this repository",
+    "EntryNotFound": "no such file at this revision",
+    "GatedRepo": "this repository is gated: accept its conditions on the hub, then pass a token",
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +49,7 @@ class HubFileInfo:
     commit: str | None
     sha256: str | None  # only for LFS files: plain git files carry a git blob id instead
     size: int | None
+    git_sha1: str | None = None  # a git-stored file's blob id, to check its bytes against
 
 
 def _normalize_etag(value: str | None) -> str | None:
@@ -40,18 +61,49 @@ def _normalize_etag(value: str | None) -> str | None:
     return value.strip('"').lower() or None
 
 
-def parse_hub_headers(headers: dict[str, str]) -> HubFileInfo:
-    """Pull the hub's metadata out of response headers, distrusting malformed values."""
+def _size(text: str | None) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text.isdigit() and len(text) <= 19 else None
+
+
+def parse_hub_headers(headers: dict[str, str], *, final: bool = False) -> HubFileInfo:
+    """Pull the hub's metadata out of response headers, distrusting malformed values.
+
+    ``final``: the response is the file itself (not a redirect to it), so for a git-stored
+    file its ``ETag`` is the git blob id and its ``Content-Length`` the size.
+    """
     lower = {k.lower(): v for k, v in headers.items()}
     commit = (lower.get("x-repo-commit") or "").strip().lower()
+    commit_ok = bool(_SHA1.match(commit))
     linked = _normalize_etag(lower.get("x-linked-etag"))
-    size_text = (lower.get("x-linked-size") or "").strip()
-    size = int(size_text) if size_text.isdigit() and len(size_text) <= 19 else None
+    size = _size(lower.get("x-linked-size"))
+    git_sha1 = None
+    etag = (lower.get("etag") or "").strip()
+    # Only an answer that names its commit (so speaks for the hub), has no LFS identity, and
+    # carries a strong 40-hex ETag is describing a git-stored file.
+    if final and commit_ok and linked is None and not etag.startswith("W/"):
+        candidate = etag.strip('"').lower()
+        if _SHA1.match(candidate):
+            git_sha1 = candidate
+            size = size if size is not None else _size(lower.get("content-length"))
     return HubFileInfo(
-        commit=commit if _COMMIT.match(commit) else None,
+        commit=commit if commit_ok else None,
         sha256=linked if linked and _SHA256.match(linked) else None,
         size=size,
+        git_sha1=git_sha1,
     )
+
+
+def hub_error(resp: Response, url: str) -> Exception:
+    """The exception for a refused hub request, worded from the hub's X-Error-Code."""
+    from .download import status_error
+
+    code = (resp.header("X-Error-Code") or "").strip()
+    if code in _HUB_ERRORS and resp.status < 500:
+        return DownloadError(
+            f"HTTP {resp.status} for {redact_url(url)}: {_HUB_ERRORS[code]}", status=resp.status
+        )
+    return status_error(resp.status, redact_url(url), resp.header("Retry-After"))
 
 
 def head_hub_file(
@@ -68,9 +120,45 @@ def head_hub_file(
     )
     try:
         if resp.status >= 400:
-            from .download import status_error
-
-            raise status_error(resp.status, redact_url(url), resp.header("Retry-After"))
-        return parse_hub_headers({k: v for k, v in resp.raw.headers.items()})
+            raise hub_error(resp, url)
+        headers = {k: v for k, v in resp.raw.headers.items()}
+        return parse_hub_headers(headers, final=resp.status < 300)
     finally:
         resp.close()
+
+
+def resolve_commit(
+    endpoint: str,
+    repo_id: str,
+    revision: str,
+    credentials: dict[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+) -> str:
+    """The commit ``revision`` points at now, from the hub's model API (a commit id is
+    returned as it is, without a request)."""
+    if _SHA1.match(revision):
+        return revision
+    rev = urllib.parse.quote(revision, safe="")
+    url = f"{endpoint.rstrip('/')}/api/models/{repo_id}/revision/{rev}"
+    resp = open_url(
+        url,
+        headers={"Accept": "application/json"},
+        credentials=credentials,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    try:
+        if resp.status != 200:
+            raise hub_error(resp, url)
+        body = resp.raw.read(MAX_INFO_BYTES + 1, decode_content=True)
+    finally:
+        resp.close()
+    try:
+        doc = json.loads(body.decode("utf-8")) if len(body) <= MAX_INFO_BYTES else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        doc = None
+    sha = doc.get("sha") if isinstance(doc, dict) else None
+    if not isinstance(sha, str) or not _SHA1.match(sha):
+        raise DownloadError(f"the hub did not say which commit {revision!r} of {repo_id} is")
+    return sha

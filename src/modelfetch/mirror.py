@@ -72,6 +72,38 @@ class MirrorServer:
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        # (repo, path, commit) -> the source an entry holding that commit was cached under.
+        # Clients resolve a branch once, then ask for /resolve/<commit>/ (modelfetch and
+        # snapshot_download do): that must be a hit on the entry cached for the branch.
+        self._by_commit: dict[tuple[str, str, str], ModelSource] = {}
+        self._by_commit_lock = threading.Lock()
+
+    def _remember(self, source: ModelSource, entry: CacheEntry) -> None:
+        if entry.commit is not None and source.repo_id and source.hf_path:
+            with self._by_commit_lock:
+                self._by_commit[(source.repo_id, source.hf_path, entry.commit)] = source
+
+    def _cached_at_commit(self, repo_id: str, path: str, commit: str) -> CacheEntry | None:
+        with self._by_commit_lock:
+            source = self._by_commit.get((repo_id, path, commit))
+        if source is None:
+            source = self._find_at_commit(repo_id, path, commit)
+        entry = self.cache.lookup_fast(source, None) if source is not None else None
+        return entry if entry is not None and entry.commit == commit else None
+
+    def _find_at_commit(self, repo_id: str, path: str, commit: str) -> ModelSource | None:
+        """Scan the cache (entries made before this mirror started, or by other processes)."""
+        for entry in self.cache.list():
+            if entry.commit != commit or entry.source_kind != "hf" or entry.transient:
+                continue
+            try:
+                source = ModelSource.parse(entry.source)
+            except InvalidSourceError:
+                continue
+            if (source.repo_id, source.hf_path) == (repo_id, path):
+                self._remember(source, entry)
+                return source
+        return None
 
     @property
     def url(self) -> str:
@@ -141,7 +173,12 @@ class MirrorServer:
                 except InvalidSourceError as exc:
                     return self._text(400, f"{exc}\n", head)
                 try:
-                    entry = ensure(source, mirror.options)
+                    entry = None
+                    if re.fullmatch(r"[0-9a-f]{40}", revision):
+                        entry = mirror._cached_at_commit(repo_id, file_path, revision)
+                    if entry is None:
+                        entry = ensure(source, mirror.options)
+                        mirror._remember(source, entry)
                 except CacheMissError:
                     return self._text(404, "not in this offline mirror\n", head)
                 except DownloadError as exc:

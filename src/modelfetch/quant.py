@@ -1,7 +1,9 @@
 """``hf://owner/repo:Q4_K_M``: pick a GGUF file of a repo by its quantisation tag.
 
-The repo's file list comes from the hub's tree API (``/api/models/{repo}/tree/{rev}``,
-paginated with ``Link: rel="next"``). A file matches when the tag appears in its name
+The revision is first resolved to a commit (``/api/models/{repo}/revision/{rev}``), then
+the repo's file list comes from the hub's tree API at that commit
+(``/api/models/{repo}/tree/{commit}``, paginated with ``Link: rel="next"``), and the chosen
+file is downloaded from that same commit. A file matches when the tag appears in its name
 between separators (case-insensitive); multimodal projectors (``mmproj``) are skipped; a
 single file is preferred to a split set (whose first shard then stands for the set).
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from .errors import CacheMissError, DownloadError, InvalidSourceError
 from .fsutil import atomic_write_bytes, read_regular_file
+from .hf import resolve_commit
 from .http_client import open_url
 from .options import EnsureOptions
 from .redact import redact_url
@@ -57,10 +60,13 @@ def _quants_in(paths: list[str]) -> list[str]:
     return sorted(found)
 
 
-def list_repo_files(source: ModelSource, opts: EnsureOptions, creds: dict[str, str]) -> list[str]:
-    assert source.repo_id and source.revision
+def list_repo_files(
+    source: ModelSource, opts: EnsureOptions, creds: dict[str, str], commit: str
+) -> list[str]:
+    """Every file path of the repo at ``commit`` (an immutable listing, however paged)."""
+    assert source.repo_id
     endpoint = (opts.hf_endpoint or _env_endpoint()).rstrip("/")
-    rev = urllib.parse.quote(source.revision, safe="")
+    rev = urllib.parse.quote(commit, safe="")
     url: str | None = f"{endpoint}/api/models/{source.repo_id}/tree/{rev}?recursive=true"
     paths: list[str] = []
     for _page in range(MAX_PAGES):
@@ -137,9 +143,15 @@ def read_ref(root: Path, source: ModelSource) -> ModelSource | None:
 
 
 def resolve(
-    source: ModelSource, opts: EnsureOptions, root: Path, creds: dict[str, str], offline: bool
+    source: ModelSource,
+    opts: EnsureOptions,
+    root: Path,
+    creds: dict[str, str],
+    offline: bool,
+    pins: dict[tuple[str, str], str],
 ) -> ModelSource:
-    """Turn ``hf://owner/repo:QUANT`` into the concrete file source."""
+    """Turn ``hf://owner/repo:QUANT`` into the concrete file source; when the hub was asked,
+    record in ``pins`` the commit the listing came from, for the download to use."""
     assert source.quant is not None
     remembered = read_ref(root, source)
     if remembered is not None and (offline or opts.policy.value != "refresh"):
@@ -149,15 +161,20 @@ def resolve(
             f"{source.display} was never resolved to a file on this machine and offline mode "
             "is on (or the policy is cache-only); resolve it once while online"
         )
-    paths = list_repo_files(source, opts, creds)
+    assert source.repo_id and source.revision
+    endpoint = opts.hf_endpoint or _env_endpoint()
+    commit = resolve_commit(
+        endpoint, source.repo_id, source.revision, creds, opts.connect_timeout, opts.read_timeout
+    )
+    paths = list_repo_files(source, opts, creds, commit)
     chosen = choose_file(paths, source.quant)
     if chosen is None:
         available = ", ".join(_quants_in(paths)) or "none"
         raise InvalidSourceError(
             f"{source.repo_id} has no GGUF file tagged {source.quant}; tags found: {available}"
         )
-    assert source.repo_id and source.revision
     resolved = ModelSource.huggingface(source.repo_id, chosen, source.revision)
+    pins[(source.repo_id, source.revision)] = commit
     (root / REFS).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(
         _ref_path(root, source),

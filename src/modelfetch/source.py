@@ -357,8 +357,9 @@ class ModelSource:
         stem = stem[:64] or "download"
         return f"{stem}-{self.cache_key[:12]}"
 
-    def resolve_url(self, hf_endpoint: str | None = None) -> str:
-        """The URL to request: the URL itself, or the Hugging Face resolve URL."""
+    def resolve_url(self, hf_endpoint: str | None = None, commit: str | None = None) -> str:
+        """The URL to request: the URL itself, or the Hugging Face resolve URL (at ``commit``
+        instead of the source's revision when the revision was already resolved)."""
         if self.kind == "url":
             assert self.request_url is not None
             return self.request_url
@@ -369,7 +370,7 @@ class ModelSource:
                 "/"
             )
             assert self.repo_id and self.hf_path and self.revision
-            rev = urllib.parse.quote(self.revision, safe="")
+            rev = urllib.parse.quote(commit or self.revision, safe="")
             path = urllib.parse.quote(self.hf_path, safe="/")
             return f"{endpoint}/{self.repo_id}/resolve/{rev}/{path}"
         raise InvalidSourceError("a local path source has no URL")

@@ -146,6 +146,7 @@ class Transfer:
         cancel: CancelToken | None,
         connections: int,
         ramp_below: float | None = None,
+        also_hash: hashlib._Hash | None = None,
     ) -> None:
         self.fd = fd
         self.direct_fd = direct_fd
@@ -163,6 +164,7 @@ class Transfer:
         self.claim = 0  # end of the bytes hashed or queued for hashing
         self.hash_queue: deque[tuple[memoryview, int]] = deque()
         self.hasher = hashlib.sha256()
+        self.also_hash = also_hash  # a second digest fed the same bytes (a git blob id)
         self.hash_done = False
         self.abort = False
         self.error: BaseException | None = None
@@ -436,6 +438,8 @@ class Transfer:
                         self.cond.wait(0.25)
                 if start < 0:
                     self.hasher.update(buf[:n])
+                    if self.also_hash is not None:
+                        self.also_hash.update(buf[:n])
                     self.pool.put(buf)
                 else:
                     while n > 0:
@@ -443,6 +447,8 @@ class Transfer:
                         if not data:
                             raise DownloadError("partial file is shorter than what was written")
                         self.hasher.update(data)
+                        if self.also_hash is not None:
+                            self.also_hash.update(data)
                         start += len(data)
                         n -= len(data)
         except BaseException as exc:
