@@ -92,6 +92,20 @@ def test_modelfetch_clients_pin_the_commit_and_the_mirror_pulls_once(
     assert len(hub.cdn.requests("GET")) == 1  # one pull from the upstream for three clients
 
 
+def test_pinned_clients_get_entries_cached_without_a_hub_commit(
+    tmp_path: Path, server: FaultServer, blob: bytes, blob_sha: str
+) -> None:
+    """An upstream that names no commit: the mirror makes one up, and a client that pins
+    it (asking for /resolve/<that>/) gets the same entry, not a pull of a made-up commit."""
+    server.add(f"/{REPO}/resolve/main/{FILE}", Resource(blob))
+    with MirrorServer(tmp_path / "m", upstream=server.url("")) as m:
+        entry = ensure(ModelSource.huggingface(REPO, FILE), cache_dir=tmp_path / "c",
+                       hf_endpoint=m.url)  # fmt: skip
+    assert entry.sha256 == blob_sha and entry.commit is not None
+    assert len(server.requests_for(f"/{REPO}/resolve/main/{FILE}")) == 1
+    assert [r.path for r in server.log if f"/resolve/{entry.commit}/" in r.path] == []
+
+
 def test_mirror_speaks_range_etag_and_hub_headers(
     mirror: MirrorServer, commit: str, blob: bytes, blob_sha: str
 ) -> None:

@@ -55,9 +55,10 @@ MAX_RESTARTS = 3
 MAX_PROGRESS_ATTEMPTS = 50
 PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
 # A redirect target (a presigned CDN URL) answering one of these has most likely expired:
-# go back to the URL we were given for a fresh link, at most this many times per download.
+# go back to the URL we were given for a fresh link. Once per request, and at most this many
+# times per download (Hugging Face's links last an hour: this is days of downloading).
 LINK_REFUSED = frozenset({401, 403, 410})
-MAX_LINK_REFRESHES = 64
+MAX_LINK_REFRESHES = 1000
 T = TypeVar("T")
 
 _STATUS_HINTS = {
@@ -314,13 +315,13 @@ class HttpDownloader:
         connections: int,
     ) -> FetchResult:
         try:
+            git = self._git_hasher(state.total)
             fd = self._open_part(part, state.total if fresh else None, fresh)
         except BaseException:
             if first is not None:
                 first[1].close()
             raise
         direct_fd = open_direct(part) if USE_DIRECT_IO else None
-        git = self._git_hasher(state.total)
         try:
             snapshot = [[s.start, s.end, s.pos] for s in segments]
             save_part_state(state_path, state.with_segments(snapshot))

@@ -50,6 +50,16 @@ def synthetic_commit(repo_id: str, revision: str) -> str:
     ).hexdigest()
 
 
+def served_commit(entry: CacheEntry, source: ModelSource | None) -> str:
+    """What X-Repo-Commit says for ``entry``: the hub's commit, else a stable stand-in."""
+    if entry.commit is not None:
+        return entry.commit
+    assert source is not None and source.repo_id and source.revision
+    if re.fullmatch(r"[0-9a-f]{40}", source.revision):
+        return source.revision
+    return synthetic_commit(source.repo_id, source.revision)
+
+
 class MirrorServer:
     def __init__(
         self,
@@ -78,10 +88,13 @@ class MirrorServer:
         self._by_commit: dict[tuple[str, str, str], ModelSource] = {}
         self._by_commit_lock = threading.Lock()
 
-    def _remember(self, source: ModelSource, entry: CacheEntry) -> None:
-        if entry.commit is not None and source.repo_id and source.hf_path:
+    def _remember(self, source: ModelSource, entry: CacheEntry) -> str:
+        """The commit we tell clients ``entry`` is at, indexed for their pinned requests."""
+        commit = served_commit(entry, source)
+        if source.repo_id and source.hf_path:
             with self._by_commit_lock:
-                self._by_commit[(source.repo_id, source.hf_path, entry.commit)] = source
+                self._by_commit[(source.repo_id, source.hf_path, commit)] = source
+        return commit
 
     def _cached_at_commit(self, repo_id: str, path: str, commit: str) -> CacheEntry | None:
         with self._by_commit_lock:
@@ -89,19 +102,19 @@ class MirrorServer:
         if source is None:
             source = self._find_at_commit(repo_id, path, commit)
         entry = self.cache.lookup_fast(source, None) if source is not None else None
-        return entry if entry is not None and entry.commit == commit else None
+        return entry if entry is not None and served_commit(entry, source) == commit else None
 
     def _find_at_commit(self, repo_id: str, path: str, commit: str) -> ModelSource | None:
         """Scan the cache (entries made before this mirror started, or by other processes)."""
         for entry in self.cache.list():
-            if entry.commit != commit or entry.source_kind != "hf" or entry.transient:
+            if entry.source_kind != "hf" or entry.transient:
                 continue
             try:
                 source = ModelSource.parse(entry.source)
             except InvalidSourceError:
                 continue
-            if (source.repo_id, source.hf_path) == (repo_id, path):
-                self._remember(source, entry)
+            same_file = (source.repo_id, source.hf_path) == (repo_id, path)
+            if same_file and self._remember(source, entry) == commit:
                 return source
         return None
 
@@ -178,7 +191,6 @@ class MirrorServer:
                         entry = mirror._cached_at_commit(repo_id, file_path, revision)
                     if entry is None:
                         entry = ensure(source, mirror.options)
-                        mirror._remember(source, entry)
                 except CacheMissError:
                     return self._text(404, "not in this offline mirror\n", head)
                 except DownloadError as exc:
@@ -186,10 +198,7 @@ class MirrorServer:
                     return self._text(code, f"upstream: {exc}\n", head)
                 except ModelFetchError as exc:
                     return self._text(502, f"{exc}\n", head)
-                commit = entry.commit
-                if commit is None:
-                    commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else None
-                commit = commit or synthetic_commit(repo_id, revision)
+                commit = mirror._remember(source, entry)
                 extra = {
                     "X-Repo-Commit": commit,
                     "X-Linked-Etag": f'"{entry.sha256}"',

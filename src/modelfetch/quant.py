@@ -20,10 +20,9 @@ from pathlib import Path
 
 from .errors import CacheMissError, DownloadError, InvalidSourceError
 from .fsutil import atomic_write_bytes, read_regular_file
-from .hf import resolve_commit
+from .hf import hub_error, resolve_commit
 from .http_client import open_url
 from .options import EnsureOptions
-from .redact import redact_url
 from .source import DEFAULT_HF_ENDPOINT, ModelSource
 
 REFS = "refs"
@@ -81,10 +80,7 @@ def list_repo_files(
         )
         try:
             if resp.status != 200:
-                raise DownloadError(
-                    f"listing {source.repo_id} failed: HTTP {resp.status} from {redact_url(url)}",
-                    status=resp.status,
-                )
+                raise hub_error(resp, url)
             body = resp.raw.read(MAX_LISTING_BYTES + 1, decode_content=True)
             link = resp.header("Link")
         finally:
