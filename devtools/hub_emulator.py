@@ -214,6 +214,12 @@ class Origin:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                except OSError:  # a client hanging up on a kept-alive connection: no news
+                    self.close_connection = True
+
             def do_HEAD(self) -> None:
                 self._serve()
 

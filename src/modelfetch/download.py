@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
 # go back to the URL we were given for a fresh link. Once per request, and at most this many
 # times per download (Hugging Face's links last an hour: this is days of downloading).
 LINK_REFUSED = frozenset({401, 403, 410})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_LINK_REFRESHES = 1000
 T = TypeVar("T")
 
@@ -153,6 +155,7 @@ class HttpDownloader:
         self._link: str | None = None
         self._link_refreshes = 0
         self._link_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one refresh at a time, shared by the others
 
     def fetch(
         self,
@@ -391,17 +394,43 @@ class HttpDownloader:
         resp = self._open(url, headers)
         if resp.status not in LINK_REFUSED or origin_of(resp.url) == origin_of(self.url):
             return resp
-        with self._link_lock:
-            if self._link not in (None, resp.url):
-                retry = self._link  # refreshed by another segment since we sent ours
-            elif self._link_refreshes < MAX_LINK_REFRESHES:
-                self._link_refreshes += 1
-                retry = self.url
-            else:
-                return resp
+        fresh = self._fresh_link(resp.url)
+        if fresh is None:
+            return resp  # out of refreshes: the caller reports the refusal
         resp.close()
-        self.emit.emit("retry", message=f"the download link expired; asking {self.display} again")
-        return self._open(retry, headers)
+        return self._open(fresh, headers)
+
+    def _fresh_link(self, refused: str) -> str | None:
+        """A link to use instead of ``refused``: one another connection just got, or a new
+        one from ``self.url`` (its redirect, not followed). None once the budget is spent."""
+        with self._refresh_lock:  # connections refused together wait for one refresh
+            with self._link_lock:
+                if self._link not in (None, refused):
+                    return self._link
+                if self._link_refreshes >= MAX_LINK_REFRESHES:
+                    return None
+                self._link_refreshes += 1
+            self.emit.emit("retry", message=f"download link expired; asking {self.display}")
+            probe = open_url(
+                self.url,
+                headers={},
+                credentials=self.credentials,
+                connect_timeout=self.opts.connect_timeout,
+                read_timeout=self.opts.read_timeout,
+                follow_cross_origin=False,
+            )
+            probe.close()  # only its Location matters
+            location = probe.header("Location")
+            try:
+                target = urllib.parse.urljoin(probe.url, location.strip()) if location else ""
+                elsewhere = bool(target) and origin_of(target) != origin_of(self.url)
+            except ValueError:  # a malformed Location: let the plain request report it
+                elsewhere = False
+            if probe.status not in _REDIRECTS or not elsewhere:
+                return self.url  # no link handed out this time: ask the origin itself
+            with self._link_lock:
+                self._link = target
+            return target
 
     def _open(self, url: str, headers: dict[str, str]) -> Response:
         same_origin = origin_of(url) == origin_of(self.url)
