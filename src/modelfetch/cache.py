@@ -22,15 +22,11 @@ from __future__ import annotations
 import builtins
 import os
 import re
-import secrets
-import shutil
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import platformdirs
 
 from .errors import CorruptCacheError, IntegrityError
 from .fsutil import fsync_dir, lstat_regular, sha256_file, unlink_quiet
@@ -44,7 +40,6 @@ from .metadata import (
     utc_now,
     write_metadata,
 )
-from .resume import PART_STATE_SUFFIX, PART_SUFFIX, part_paths
 from .shards import prune_sets
 from .source import ModelSource
 
@@ -61,6 +56,8 @@ def default_cache_dir() -> Path:
     env = os.environ.get("MODELFETCH_CACHE_DIR")
     if env:
         return Path(env).expanduser()
+    import platformdirs  # only when no cache dir is configured
+
     return Path(platformdirs.user_cache_dir("modelfetch", appauthor=False))
 
 
@@ -199,7 +196,7 @@ class Cache:
         return self.entries_dir / source.entry_dir_name
 
     def new_transient_dir(self, source: ModelSource) -> Path:
-        return self.transient_dir / f"{source.entry_dir_name}-{secrets.token_hex(4)}"
+        return self.transient_dir / f"{source.entry_dir_name}-{os.urandom(4).hex()}"
 
     def lock(self, directory: Path) -> EntryLock:
         return EntryLock(self.locks_dir / f"{directory.name}.lock")
@@ -306,6 +303,8 @@ class Cache:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            import shutil  # shutil and tempfile are imported on write paths only
+
             shutil.rmtree(path, ignore_errors=True)
         else:
             unlink_quiet(path)  # for a symlink this removes the link, never its target
@@ -329,6 +328,9 @@ class Cache:
         commit: str | None = None,
     ) -> CacheEntry:
         """Move a finished, verified part into place and write its sidecar."""
+        # resume pulls in the transfer engine (and urllib3): import it on the write path only
+        from .resume import part_paths
+
         part, part_state = part_paths(directory, source.file_name)
         final = directory / source.file_name
         st = lstat_regular(part)
@@ -420,6 +422,8 @@ class Cache:
         with self.lock(directory).try_hold() as got:
             if not got:
                 return False
+            import shutil
+
             shutil.rmtree(directory, ignore_errors=True)
             fsync_dir(directory.parent)
             return not directory.exists()
@@ -483,6 +487,8 @@ class Cache:
         return False
 
     def _prune_parts(self, directory: Path, dry_run: bool) -> int:
+        from .resume import PART_STATE_SUFFIX, PART_SUFFIX
+
         try:
             names = [
                 n for n in os.listdir(directory) if n.endswith((PART_SUFFIX, PART_STATE_SUFFIX))

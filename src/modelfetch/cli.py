@@ -1,4 +1,8 @@
-"""The ``modelfetch`` command line: get, ls, info, rm, prune, clear, verify."""
+"""The ``modelfetch`` command line: get, ls, info, rm, prune, clear, verify, serve.
+
+The installed command starts in launcher.py, which answers a plain ``get`` of a verified
+hit itself and hands everything else to ``main`` here.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,13 @@ import time
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from ._version import __version__
 from .cache import Cache, CacheEntry
 from .cancel import CancelToken
 from .ensure import ensure
 from .errors import ModelFetchError
+from .launcher import entry_line, hit_line
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEvent
 
@@ -61,6 +65,8 @@ class _ProgressPrinter:
         if self.quiet:
             return
         if event.kind == "start":
+            from tqdm import tqdm  # only a download draws a bar; a hit should not pay for it
+
             self.close()
             self.bar = tqdm(
                 total=event.bytes_total,
@@ -77,7 +83,7 @@ class _ProgressPrinter:
         elif event.kind in ("retry", "restart", "waiting", "not_modified", "warning"):
             self._say(f"{event.kind}: {event.message or event.source}")
         elif event.kind == "cache_hit":
-            self._say(f"cache hit: {event.source}")
+            self._say(hit_line(event))
         elif event.kind == "tier_hit":
             self._say(f"from the shared tier: {event.source}")
         elif event.kind == "done":
@@ -227,10 +233,7 @@ def get(
         sys.exit(130)
     finally:
         printer.close()
-    if as_json:
-        _emit_json(entry.to_dict())
-    else:
-        click.echo(str(entry.set_path or entry.path))
+    click.echo(entry_line(entry, as_json))
 
 
 @main.command("ls")

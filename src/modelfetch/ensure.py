@@ -8,31 +8,28 @@ then is the origin contacted.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import os
 import re
-import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, CacheEntry
 from .cancel import CancelToken
-from .download import FetchResult, HttpDownloader
 from .errors import CacheMissError, DownloadError, IntegrityError, InvalidSourceError
-from .hf import head_hub_file
-from .local_import import import_local_file
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEmitter
-from .quant import resolve as resolve_quant
 from .remote import RemoteTier
-from .resume import discard_part, part_paths
 from .shards import assemble, siblings
 from .source import ModelSource
 
-log = logging.getLogger("modelfetch")
+# The download machinery (urllib3, the transfer engine, asyncio) is imported inside the
+# functions that need it, so that a cache hit, the common case in scripts and service
+# starts, costs only the cache lookup and not ~100 ms of imports.
+if TYPE_CHECKING:
+    from .download import FetchResult
+
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 # (repo id, revision) -> the commit it resolved to, for the rest of one ensure() call: the
@@ -64,6 +61,10 @@ def _fetch(
     conditional: CacheEntry | None = None,
     pins: Pins | None = None,
 ) -> FetchResult:
+    from .download import HttpDownloader
+    from .local_import import import_local_file
+    from .resume import part_paths
+
     if source.kind == "path":
         assert source.local_path is not None
         part, _ = part_paths(directory, source.file_name)
@@ -88,6 +89,10 @@ def _fetch_from_hub(
 ) -> FetchResult:
     """Ask the hub for the file's SHA-256 (or git blob id) and commit first, then download
     from that commit and verify."""
+    from .download import FetchResult, HttpDownloader
+    from .hf import head_hub_file
+    from .resume import discard_part
+
     assert source.repo_id is not None and source.revision is not None
     pin = (source.repo_id, source.revision)
     asked = pins.get(pin) or (source.revision if _COMMIT.match(source.revision) else None)
@@ -147,19 +152,67 @@ def ensure(
     pins: Pins = {}
     if src.quant is not None:
         offline = offline_for(src) or opts.policy is CachePolicy.CACHE_ONLY
-        if not offline:
-            cache.prepare()
-        creds = credentials_for(src, opts)
-        src = resolve_quant(src, opts, cache.root, creds, offline, pins)
-    group = siblings(src) if opts.shards else None
+        src = _resolve_tag(src, opts, cache, offline, pins)
+    group = _shard_group(src, opts)
     if not group:
         return _ensure_one(src, opts, cache, pins)
-    if opts.sha256 is not None:
+    entries = [_ensure_one(shard, opts, cache, pins) for shard in group]
+    return _with_set(cache, src, group, entries)
+
+
+def quick_hit(
+    source: ModelSource | str | os.PathLike[str], options: EnsureOptions | None = None
+) -> CacheEntry | None:
+    """What ``ensure`` would return when that takes no lock, no hashing and no request;
+    otherwise None (and no event is sent): then ``ensure`` does the work. Invalid input
+    raises as in ``ensure``.
+
+    The same steps as ``ensure`` (policy, offline mode, remembered tags, split sets, the
+    lock-free ``Cache.lookup_fast``), stopped where ``ensure`` would lock or go online. It
+    lets the command line answer a hit without loading the download machinery.
+    """
+    opts = options if options is not None else EnsureOptions()
+    src = ModelSource.coerce(source)
+    cache = Cache(opts.cache_dir)
+    if src.quant is not None:
+        try:
+            src = _resolve_tag(src, opts, cache, offline=True, pins={})
+        except CacheMissError:
+            return None
+    group = _shard_group(src, opts)
+    hits = [_lookup_hit(shard, opts, cache) for shard in group or [src]]
+    entries = [hit for hit in hits if hit is not None]
+    if len(entries) != len(hits):
+        return None
+    for entry, shard in zip(entries, group or [src], strict=True):
+        ProgressEmitter(opts.progress, shard.display).emit("cache_hit", entry.bytes, entry.bytes)
+    return _with_set(cache, src, group, entries) if group else entries[0]
+
+
+def _resolve_tag(
+    src: ModelSource, opts: EnsureOptions, cache: Cache, offline: bool, pins: Pins
+) -> ModelSource:
+    """hf://owner/repo:TAG -> the file it names (remembered under refs/, or listed)."""
+    from .quant import resolve as resolve_quant
+
+    if not offline:
+        cache.prepare()
+    return resolve_quant(src, opts, cache.root, credentials_for(src, opts), offline, pins)
+
+
+def _shard_group(src: ModelSource, opts: EnsureOptions) -> list[ModelSource] | None:
+    group = siblings(src) if opts.shards else None
+    if group and opts.sha256 is not None:
         raise InvalidSourceError(
             "a pinned sha256 names one file; a split model has several (pass shards=False "
             "to fetch a single shard)"
         )
-    entries = [_ensure_one(shard, opts, cache, pins) for shard in group]
+    return group
+
+
+def _with_set(
+    cache: Cache, src: ModelSource, group: list[ModelSource], entries: list[CacheEntry]
+) -> CacheEntry:
     folder = assemble(cache.root, group, [e.path for e in entries])
     asked = [e for e, s in zip(entries, group, strict=True) if s.cache_key == src.cache_key]
     mine = asked[0] if asked else entries[0]
@@ -167,20 +220,30 @@ def ensure(
     return replace(mine, set_path=first)
 
 
+def _policy(src: ModelSource, opts: EnsureOptions) -> CachePolicy:
+    return CachePolicy.CACHE_ONLY if offline_for(src) else opts.policy
+
+
+def _lookup_hit(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEntry | None:
+    """A hit the policy lets us serve without a lock or a request (stat stamp proven)."""
+    if _policy(src, opts) in (CachePolicy.NO_CACHE, CachePolicy.REFRESH):
+        return None
+    return cache.lookup_fast(src, opts.sha256)
+
+
 def _ensure_one(
     src: ModelSource, opts: EnsureOptions, cache: Cache, pins: Pins | None = None
 ) -> CacheEntry:
     emitter = ProgressEmitter(opts.progress, src.display)
-    policy = CachePolicy.CACHE_ONLY if offline_for(src) else opts.policy
+    policy = _policy(src, opts)
 
     if policy is CachePolicy.NO_CACHE:
         return _ensure_transient(cache, src, opts, emitter, pins)
 
-    if policy is not CachePolicy.REFRESH:
-        hit = cache.lookup_fast(src, opts.sha256)
-        if hit is not None:
-            emitter.emit("cache_hit", hit.bytes, hit.bytes)
-            return hit
+    hit = _lookup_hit(src, opts, cache)
+    if hit is not None:
+        emitter.emit("cache_hit", hit.bytes, hit.bytes)
+        return hit
 
     directory = cache.entry_dir(src)
     if policy is CachePolicy.CACHE_ONLY and not os.path.lexists(directory):
@@ -198,7 +261,9 @@ def _ensure_one(
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src))
         directory.mkdir(exist_ok=True)
-        log.debug("fetching %s into %s", src.display, directory)
+        import logging  # already loaded by urllib3 on this path; not on a hit
+
+        logging.getLogger("modelfetch").debug("fetching %s into %s", src.display, directory)
         tier = _tier(opts)
         result = None
         if tier is not None and policy is not CachePolicy.REFRESH:
@@ -244,6 +309,9 @@ def _fetch_from_tier(
     emitter: ProgressEmitter,
 ) -> FetchResult | None:
     """Download from the shared tier if it has a verifiable copy; None: use the origin."""
+    from .download import HttpDownloader
+    from .resume import discard_part
+
     try:
         obj = tier.lookup(src)
         if obj is None or (opts.sha256 is not None and obj.sha256 != opts.sha256):
@@ -286,6 +354,8 @@ def _ensure_transient(
             result = _fetch(src, directory, opts, emitter, None, pins)
             entry = _promote(cache, src, directory, result, transient=True)
     except BaseException:
+        import shutil
+
         shutil.rmtree(directory, ignore_errors=True)  # a random-named dir can't be resumed
         raise
     emitter.emit("done", entry.bytes, entry.bytes)
@@ -320,6 +390,8 @@ async def ensure_async(
         opts = opts.merged(cancel=CancelToken())
     token = opts.cancel
     assert token is not None
+    import asyncio
+
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(None, functools.partial(ensure, source, opts))
     try:

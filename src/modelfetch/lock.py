@@ -14,8 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import filelock
-
 from .cancel import CancelToken
 from .errors import LockTimeoutError
 
@@ -35,6 +33,8 @@ class EntryLock:
         timeout: float | None = None,
         on_wait: Callable[[], None] | None = None,
     ) -> Iterator[None]:
+        import filelock  # here, not at module level: a cache hit never takes a lock
+
         lock = filelock.FileLock(str(self.path), thread_local=False)
         deadline = None if timeout is None else time.monotonic() + timeout
         waited = False
@@ -63,6 +63,8 @@ class EntryLock:
 
     def is_held(self) -> bool:
         """True if some thread or process holds the lock right now."""
+        import filelock
+
         lock = filelock.FileLock(str(self.path), thread_local=False)
         try:
             lock.acquire(blocking=False)
@@ -74,6 +76,8 @@ class EntryLock:
     @contextmanager
     def try_hold(self) -> Iterator[bool]:
         """Hold the lock if it is free right now; yield whether we got it."""
+        import filelock
+
         lock = filelock.FileLock(str(self.path), thread_local=False)
         try:
             lock.acquire(blocking=False)

@@ -20,8 +20,6 @@ from pathlib import Path
 
 from .errors import CacheMissError, DownloadError, InvalidSourceError
 from .fsutil import atomic_write_bytes, read_regular_file
-from .hf import hub_error, resolve_commit
-from .http_client import open_url
 from .options import EnsureOptions
 from .source import DEFAULT_HF_ENDPOINT, ModelSource
 
@@ -63,6 +61,10 @@ def list_repo_files(
     source: ModelSource, opts: EnsureOptions, creds: dict[str, str], commit: str
 ) -> list[str]:
     """Every file path of the repo at ``commit`` (an immutable listing, however paged)."""
+    # Network modules (urllib3) only when we really list: a remembered tag is a cache hit.
+    from .hf import hub_error
+    from .http_client import open_url
+
     assert source.repo_id
     endpoint = (opts.hf_endpoint or _env_endpoint()).rstrip("/")
     rev = urllib.parse.quote(commit, safe="")
@@ -157,6 +159,8 @@ def resolve(
             f"{source.display} was never resolved to a file on this machine and offline mode "
             "is on (or the policy is cache-only); resolve it once while online"
         )
+    from .hf import resolve_commit
+
     assert source.repo_id and source.revision
     endpoint = opts.hf_endpoint or _env_endpoint()
     commit = resolve_commit(

@@ -7,10 +7,13 @@ query, and we cannot know every provider's parameter names, so no query value is
 
 from __future__ import annotations
 
-import logging
 import re
 import urllib.parse
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import logging
 
 REDACTED = "<redacted>"
 
@@ -56,11 +59,13 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
 _QUERY_IN_TEXT = re.compile(r"\?[^\s\"']*")
 
 
-class QueryRedactingFilter(logging.Filter):
+class QueryRedactingFilter:
     """Strip query strings from log records of a library we do not control.
 
     urllib3 logs every request line at DEBUG, query string included; a signed URL's
     signature would land in the user's logs. This filter rewrites the record's arguments.
+    (A plain class: logging accepts any object with a ``filter`` method, and not importing
+    logging here keeps a cache hit's imports small.)
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -75,6 +80,8 @@ class QueryRedactingFilter(logging.Filter):
 
 
 def install_log_redaction() -> None:
+    import logging
+
     logger = logging.getLogger("urllib3.connectionpool")
     if not any(isinstance(f, QueryRedactingFilter) for f in logger.filters):
         logger.addFilter(QueryRedactingFilter())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +100,8 @@ def assemble(root: Path, shards: list[ModelSource], files: list[Path]) -> Path:
     names = [_raw_name(s) for s in shards]
     if _is_complete(final, names, files):
         return final
+    import shutil  # not needed when the set is already complete (every cache hit)
+
     tmp = sets / f".{final.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -131,6 +132,8 @@ def remove_set(path: Path) -> None:
     if path.is_symlink():
         path.unlink()
     else:
+        import shutil
+
         shutil.rmtree(path, ignore_errors=True)  # rmtree unlinks links, never their targets
 
 
