@@ -423,16 +423,16 @@ def scenario_latency(ctx: Ctx) -> object:
         latency_relay(ctx.nginx.port, 0) as near,
         latency_relay(ctx.nginx.port, args.latency_ms) as far,
     ):
-        # The relay's own cost: curl at full speed, straight and through the relay.
-        fast = {
-            "direct": f"{ctx.endpoint}/{ctx.name}",
-            "relay": f"http://127.0.0.1:{near}/{ctx.name}",
+        # Is the relay itself a bottleneck? The fastest peer on the same path, straight to
+        # nginx and through the relay without delay.
+        check = {
+            label: download_tools(ctx, url, REPO, ctx.endpoint)[f"aria2c -x{n}"]
+            for label, url in (
+                ("direct", f"{ctx.endpoint}{path}"),
+                ("relay", f"http://127.0.0.1:{near}{path}"),
+            )
         }
-        cal = {}
-        reset_outputs(ctx.work)
-        for label, url in fast.items():
-            tool = download_tools(ctx, url, REPO, ctx.endpoint)["curl"]
-            cal[label] = measure({label: tool}, args.runs, "relay check", lambda: None)[label]
+        cal = measure(check, args.runs, "relay check", lambda: reset_outputs(ctx.work))
         names = [f for f in cdn_names(n) if "+ sync" not in f]
         tools = {}
         for label, port in (("0 ms", near), (f"{args.latency_ms:g} ms", far)):
@@ -454,7 +454,7 @@ def scenario_latency(ctx: Ctx) -> object:
     )
     direct, relayed = cal["direct"].median("wall"), cal["relay"].median("wall")
     print(
-        f"  relay check, curl at full speed: direct {ctx.size / direct / 1e6:.0f} MB/s, "
+        f"  relay check, aria2c -x{n}: straight to nginx {ctx.size / direct / 1e6:.0f} MB/s, "
         f"through the relay (0 ms) {ctx.size / relayed / 1e6:.0f} MB/s"
     )
     print(f"{'tool':26} {'0 ms s':>8} {'delayed s':>10} {'kept':>7} {'peak RSS MiB':>13}")
