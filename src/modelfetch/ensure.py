@@ -20,7 +20,6 @@ from .cancel import CancelToken
 from .errors import CacheMissError, DownloadError, IntegrityError, InvalidSourceError
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEmitter
-from .remote import RemoteTier
 from .shards import assemble, siblings
 from .source import ModelSource
 
@@ -29,6 +28,7 @@ from .source import ModelSource
 # starts, costs only the cache lookup and not ~100 ms of imports.
 if TYPE_CHECKING:
     from .download import FetchResult
+    from .remote import RemoteTier
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -298,7 +298,11 @@ def _promote(
 
 def _tier(opts: EnsureOptions) -> RemoteTier | None:
     url = opts.remote or os.environ.get("MODELFETCH_REMOTE") or None
-    return RemoteTier(url, opts.remote_endpoint) if url else None
+    if not url:
+        return None
+    from .remote import RemoteTier
+
+    return RemoteTier(url, opts.remote_endpoint)
 
 
 def _fetch_from_tier(
