@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "modelfetch"
 PACKAGE_DIR = ROOT / "src" / PACKAGE
 LICENSE = "Apache-2.0"
-ENTRY_POINT = "modelfetch.cli:main"
+ENTRY_POINT = "modelfetch.launcher:main"  # answers cache hits, then cli.main
 REQUIRED_CLASSIFIERS = (
     "Operating System :: POSIX :: Linux",
     "Typing :: Typed",

@@ -75,14 +75,19 @@ def hub(server: FaultServer) -> FaultServer:
     return server
 
 
-def hit_cases(hub: FaultServer, sha: str) -> dict[str, list[str]]:
+def hit_cases(hub: FaultServer, sha: str, cache_dir: Path) -> dict[str, list[str]]:
+    """Arguments of `modelfetch` that are hits; all name the cache with --cache-dir but the
+    last, which relies on MODELFETCH_CACHE_DIR."""
     url = hub.url("/plain/model.gguf")
+    root = ["--cache-dir", str(cache_dir)]
     return {
-        "plain": ["get", url],
-        "json": ["get", url, "--json"],
-        "quiet, cache-only, pinned": ["get", "-q", "--cache-only", f"--sha256={sha}", url],
-        "split set": ["get", hub.url(f"/plain/{SHARDS[1]}")],
-        "tag": ["get", "hf://o/r:Q8_0"],
+        "plain": [*root, "get", url],
+        "json": [f"--cache-dir={cache_dir}", "get", url, "--json"],
+        "quiet, cache-only, pinned": [*root, "get", "-q", "--cache-only", f"--sha256={sha}", url],
+        "split set": [*root, "get", hub.url(f"/plain/{SHARDS[1]}")],
+        "one shard": [*root, "get", "--no-shards", hub.url(f"/plain/{SHARDS[1]}")],
+        "tag": [*root, "get", "hf://o/r:Q8_0"],
+        "cache dir from the environment": ["get", url],
     }
 
 
@@ -103,7 +108,9 @@ def test_cli_hit_skips_click_and_says_what_the_full_command_says(
     ensure(hub.url(f"/plain/{SHARDS[0]}"), opts)
     ensure("hf://o/r:Q8_0", opts)
     requests = len(hub.log)
-    for name, args in hit_cases(hub, sha).items():
+    for name, args in hit_cases(hub, sha, cache_dir).items():
+        # --cache-dir must win over the environment
+        env["MODELFETCH_CACHE_DIR"] = str(cache_dir if args[0] == "get" else tmp_path / "empty")
         fast, loaded = run_recording(LAUNCHER, args, tmp_path, env)
         full, full_loaded = run_recording(FULL_CLI, args, tmp_path, env)
         assert fast.returncode == full.returncode == 0, (name, fast.stderr, full.stderr)

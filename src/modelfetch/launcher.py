@@ -19,8 +19,14 @@ from dataclasses import dataclass
 from .cache import CacheEntry
 from .progress import ProgressEvent
 
-_FLAGS = {"-q": "quiet", "--quiet": "quiet", "--json": "as_json"}
-_POLICY_FLAGS = {"--cache-only": "cache_only"}
+# The flags of `get` that matter for a hit, and the _GetArgs field each one sets.
+_FLAGS: dict[str, tuple[str, object]] = {
+    "-q": ("quiet", True),
+    "--quiet": ("quiet", True),
+    "--json": ("as_json", True),
+    "--cache-only": ("policy", "cache_only"),
+    "--no-shards": ("shards", False),
+}
 
 
 @dataclass
@@ -69,30 +75,20 @@ def parse_plain_get(args: list[str]) -> _GetArgs | None:
     if args[i : i + 1] != ["get"]:
         return None
     i += 1
-    sources: list[str] = []
     parsed = _GetArgs(source="", cache_dir=cache_dir)
     while i < len(args):
         arg = args[i]
         if arg in _FLAGS:
-            setattr(parsed, _FLAGS[arg], True)
-            i += 1
-        elif arg in _POLICY_FLAGS:
-            parsed.policy = _POLICY_FLAGS[arg]
-            i += 1
-        elif arg == "--no-shards":
-            parsed.shards = False
+            setattr(parsed, *_FLAGS[arg])
             i += 1
         elif arg.startswith("--sha256") and (found := _value(args, i, "--sha256")):
             parsed.sha256, i = found
-        elif arg.startswith("-") or sources:
+        elif arg.startswith("-") or parsed.source:
             return None  # another option, '--', or a second operand: click decides
         else:
-            sources.append(arg)
+            parsed.source = arg
             i += 1
-    if not sources:
-        return None
-    parsed.source = sources[0]
-    return parsed
+    return parsed if parsed.source else None
 
 
 def _hit_output(args: _GetArgs) -> tuple[list[str], str] | None:
