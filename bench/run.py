@@ -806,7 +806,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="64 MiB files, 1 run, fewer calls")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
-    parser.add_argument("--tools", help="only tools whose name contains one of these (a,b)")
+    parser.add_argument(
+        "--tools", help="download scenarios: only tools whose name contains one of these (a,b)"
+    )
     parser.add_argument("--size-mib", type=int)
     parser.add_argument("--hit-size-mib", type=int)
     parser.add_argument("--runs", type=int)
