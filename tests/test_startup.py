@@ -16,6 +16,7 @@ import pytest
 
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
+from devtools.hub_emulator import HubEmulator
 from modelfetch import EnsureOptions, ensure
 
 HEAVY = {"urllib3", "filelock", "tqdm", "asyncio"}
@@ -64,28 +65,25 @@ def test_import_modelfetch_loads_no_heavy_module(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def hub(server: FaultServer) -> FaultServer:
-    """A file, a split set and a tag listing, served by our origin as hub and as plain URLs."""
+def origin(server: FaultServer) -> FaultServer:
+    """A model file and a split set of two shards, as plain URLs."""
     server.add("/plain/model.gguf", Resource(random_bytes(5000, seed=1)))
     for i, name in enumerate(SHARDS):
         server.add(f"/plain/{name}", Resource(random_bytes(3000 + i, seed=2 + i)))
-    listing = [{"type": "file", "path": "model-Q8_0.gguf"}]
-    server.add("/api/models/o/r/tree/main", Resource(json.dumps(listing).encode()))
-    server.add("/o/r/resolve/main/model-Q8_0.gguf", Resource(random_bytes(4000, seed=9)))
     return server
 
 
-def hit_cases(hub: FaultServer, sha: str, cache_dir: Path) -> dict[str, list[str]]:
+def hit_cases(origin: FaultServer, sha: str, cache_dir: Path) -> dict[str, list[str]]:
     """Arguments of `modelfetch` that are hits; all name the cache with --cache-dir but the
     last, which relies on MODELFETCH_CACHE_DIR."""
-    url = hub.url("/plain/model.gguf")
+    url = origin.url("/plain/model.gguf")
     root = ["--cache-dir", str(cache_dir)]
     return {
         "plain": [*root, "get", url],
         "json": [f"--cache-dir={cache_dir}", "get", url, "--json"],
         "quiet, cache-only, pinned": [*root, "get", "-q", "--cache-only", f"--sha256={sha}", url],
-        "split set": [*root, "get", hub.url(f"/plain/{SHARDS[1]}")],
-        "one shard": [*root, "get", "--no-shards", hub.url(f"/plain/{SHARDS[1]}")],
+        "split set": [*root, "get", origin.url(f"/plain/{SHARDS[1]}")],
+        "one shard": [*root, "get", "--no-shards", origin.url(f"/plain/{SHARDS[1]}")],
         "tag": [*root, "get", "hf://o/r:Q8_0"],
         "cache dir from the environment": ["get", url],
     }
@@ -100,15 +98,20 @@ def comparable(stdout: str) -> str:
 
 
 def test_cli_hit_skips_click_and_says_what_the_full_command_says(
-    hub: FaultServer, cache_dir: Path, tmp_path: Path
+    origin: FaultServer, hub: HubEmulator, cache_dir: Path, tmp_path: Path
 ) -> None:
-    env = {"HF_ENDPOINT": hub.url(""), "MODELFETCH_CACHE_DIR": str(cache_dir)}
-    opts = EnsureOptions(cache_dir=cache_dir, hf_endpoint=hub.url(""))
-    sha = ensure(hub.url("/plain/model.gguf"), opts).sha256
-    ensure(hub.url(f"/plain/{SHARDS[0]}"), opts)
+    env = {"HF_ENDPOINT": hub.endpoint}
+    hub.create_repo("o/r", {"model-Q8_0.gguf": random_bytes(4000, seed=9)})
+    opts = EnsureOptions(cache_dir=cache_dir, hf_endpoint=hub.endpoint)
+    sha = ensure(origin.url("/plain/model.gguf"), opts).sha256
+    ensure(origin.url(f"/plain/{SHARDS[0]}"), opts)
     ensure("hf://o/r:Q8_0", opts)
-    requests = len(hub.log)
-    for name, args in hit_cases(hub, sha, cache_dir).items():
+
+    def requests() -> int:
+        return len(origin.log) + len(hub.hub.requests()) + len(hub.cdn.requests())
+
+    before = requests()
+    for name, args in hit_cases(origin, sha, cache_dir).items():
         # --cache-dir must win over the environment
         env["MODELFETCH_CACHE_DIR"] = str(cache_dir if args[0] == "get" else tmp_path / "empty")
         fast, loaded = run_recording(LAUNCHER, args, tmp_path, env)
@@ -120,14 +123,14 @@ def test_cli_hit_skips_click_and_says_what_the_full_command_says(
         assert fast.stderr == full.stderr, name
         assert Path(json.loads(fast.stdout)["path"] if name == "json" else fast.stdout.strip())
     assert "cache hit" in fast.stderr
-    assert len(hub.log) == requests  # hits make no request, on either path
+    assert requests() == before  # hits make no request, on either path
 
 
 def test_cli_falls_back_to_the_full_command_when_not_a_plain_hit(
-    hub: FaultServer, cache_dir: Path, tmp_path: Path
+    origin: FaultServer, cache_dir: Path, tmp_path: Path
 ) -> None:
     env = {"MODELFETCH_CACHE_DIR": str(cache_dir)}
-    url = hub.url("/plain/model.gguf")
+    url = origin.url("/plain/model.gguf")
     miss, loaded = run_recording(LAUNCHER, ["get", "-q", url], tmp_path, env)
     assert miss.returncode == 0, miss.stderr
     path = Path(miss.stdout.strip())
