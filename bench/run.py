@@ -535,8 +535,10 @@ def scenario_mirror(ctx: Ctx) -> object:
                    hf_endpoint={ctx.endpoint!r}, sha256={ctx.sha!r})
         print("PATH " + str(e.path))
     """)
-    out = subprocess.run(fill, capture_output=True, text=True, check=True, timeout=1800).stdout
-    entry = Path(next(x[5:] for x in out.splitlines() if x.startswith("PATH ")))
+    done = subprocess.run(fill, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"filling the mirror's cache failed: {done.stderr[-2000:]}")
+    entry = Path(next(x[5:] for x in done.stdout.splitlines() if x.startswith("PATH ")))
     total = args.clients * ctx.size
     rows: dict[str, list[float]] = {"nginx": [], "modelfetch serve": []}
     rss: dict[str, float] = {}
@@ -737,37 +739,35 @@ def scenario_cli(ctx: Ctx) -> object:
 
 # -- main ---------------------------------------------------------------------------------
 def nginx_config(ctx: Ctx, rate_mb: int) -> tuple[str, str]:
-    """The CDN path and two Hugging Face resolve routes (full speed and CDN speed); nginx
-    sends X-Linked-Etag (the SHA-256) for the files this run generated."""
+    """The CDN path and two Hugging Face resolve routes (full speed and CDN speed), at any
+    revision (clients ask for main, then for the commit it resolved to); nginx sends
+    X-Linked-Etag (the SHA-256) for the files this run generated."""
     files = {ctx.name: ctx.sha}
     hit_sha = ctx.www / f"model-{ctx.args.hit_size_mib}m.gguf.sha256"
     if hit_sha.exists():
         files[hit_sha.name.removesuffix(".sha256")] = hit_sha.read_text().strip()
     mapping = "\n".join(
-        f'        "/{repo}/resolve/main/{n}" "\\"{s}\\"";'
-        for repo in (REPO, CDN_REPO)
-        for n, s in files.items()
+        f'        "~/resolve/[^/]+/{re.escape(n)}$" "\\"{s}\\"";' for n, s in files.items()
     )
     extra_http = f"""
     map $uri $linked_etag {{
         default "";
 {mapping}
     }}"""
+    hub_headers = f"""
+        add_header X-Repo-Commit {COMMIT} always;
+        add_header X-Linked-Etag $linked_etag always;"""
     extra_server = f"""
     location /cdn/ {{
         alias {ctx.www}/;
         limit_rate {rate_mb}m;
     }}
-    location /{REPO}/resolve/main/ {{
-        alias {ctx.www}/;
-        add_header X-Repo-Commit {COMMIT} always;
-        add_header X-Linked-Etag $linked_etag always;
+    location ~ ^/{REPO}/resolve/[^/]+/(?<file>[^/]+)$ {{
+        alias {ctx.www}/$file;{hub_headers}
     }}
-    location /{CDN_REPO}/resolve/main/ {{
-        alias {ctx.www}/;
-        limit_rate {rate_mb}m;
-        add_header X-Repo-Commit {COMMIT} always;
-        add_header X-Linked-Etag $linked_etag always;
+    location ~ ^/{CDN_REPO}/resolve/[^/]+/(?<file>[^/]+)$ {{
+        alias {ctx.www}/$file;
+        limit_rate {rate_mb}m;{hub_headers}
     }}"""
     return extra_http, extra_server
 
