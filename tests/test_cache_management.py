@@ -87,9 +87,11 @@ def test_symlinked_layout_dir_is_refused(tmp_path: Path, opts: EnsureOptions) ->
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (root / "entries").symlink_to(elsewhere)
-    with pytest.raises(CorruptCacheError, match="not a plain directory"):
+    with pytest.raises(CorruptCacheError, match="entries is a symbolic link"):
         Cache(root).prepare()
-    assert Cache(root).list() == []  # listing ignores it rather than following it
+    with pytest.raises(CorruptCacheError, match="unsafe"):
+        Cache(root).list()  # refused too, rather than followed or silently empty
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_prune_by_age_and_bytes_lru(

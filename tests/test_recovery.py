@@ -98,17 +98,38 @@ def test_bad_sidecar_fields_are_rejected_and_rebuilt(
     assert Path("/etc/passwd").exists()  # nothing outside the entry was touched
 
 
-def test_sidecar_of_another_entry_is_not_trusted(
-    server: FaultServer, opts: EnsureOptions, blob: bytes, blob_sha: str
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("cache_key", "0" * 64),  # well-formed, but names some other source
+        ("file_name", "other.gguf"),
+        ("file_path", "other.gguf"),
+        ("source_kind", "path"),
+        ("transient", True),
+    ],
+)
+def test_sidecar_of_another_entry_is_a_miss(
+    field: str,
+    value: object,
+    server: FaultServer,
+    opts: EnsureOptions,
+    blob: bytes,
+    blob_sha: str,
 ) -> None:
+    """The seed's rule: a sidecar that belongs to another source is a miss (file and
+    sidecar deleted), not a sidecar to rebuild as if it were missing."""
     url, entry_dir = _download(server, opts, blob)
     doc = _valid_doc(entry_dir)
-    doc["cache_key"] = "0" * 64  # well-formed, but names some other source
-    doc["sha256"] = "1" * 64
+    doc[field] = value
     (entry_dir / "metadata.json").write_text(json.dumps(doc))
     before = _requests(server)
-    entry = ensure(url, opts, policy="cache_only")
+    with pytest.raises(CacheMissError):
+        ensure(url, opts, policy="cache_only")
     assert _requests(server) == before
+    assert not (entry_dir / "model.gguf").exists()
+    assert not (entry_dir / "metadata.json").exists()
+    entry = ensure(url, opts)  # a normal call downloads again
+    assert _requests(server) == before + 1
     assert entry.cache_key == ModelSource.parse(url).cache_key and entry.sha256 == blob_sha
 
 

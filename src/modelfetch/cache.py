@@ -9,12 +9,15 @@ Layout under the root (``MODELFETCH_CACHE_DIR`` or the platform cache dir)::
         <file name>.part(.json)       an unfinished download and its validator
     transient/<stem>-<key12>-<rand>/  entries made by the no-cache policy
     sets/<name>-<key12>/              split GGUF shards side by side, as relative symlinks
+    refs/<key>.json                   what an hf://owner/repo:TAG resolved to
     locks/<dir name>.lock             flock files, one per entry
 
-Invariants: a model file is in an entry only after it was verified and fsynced; a file
-whose size or SHA-256 disagrees with what we know is deleted, never served; everything this
-module deletes lies in a directory whose name matches our pattern, and directories are never
-followed through symlinks. Anything else in the root is left alone.
+Invariants: a model file is in an entry only after it was verified and fsynced; on every
+hit the sidecar's ``bytes``, its stat stamp's size and the file's size agree, and its
+SHA-256 is the caller's pin when there is one; anything else is deleted and treated as a
+miss, never served. Every path is reached through layout.py, which refuses a root whose
+layout directories are links (or not directories); everything this module deletes lies in
+a directory whose name matches our pattern. Anything else in the root is left alone.
 """
 
 from __future__ import annotations
@@ -25,11 +28,20 @@ import re
 import stat
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import CorruptCacheError, IntegrityError
-from .fsutil import fsync_dir, lstat_regular, sha256_file, unlink_quiet
+from .errors import CacheStorageError, IntegrityError, ReadOnlyCacheError, storage_error
+from .fsutil import (
+    clear_squatter,
+    fsync_dir,
+    is_directory,
+    lstat_regular,
+    remove_any,
+    sha256_file,
+)
+from .layout import ENTRIES, LOCKS, TRANSIENT, Layout
 from .lock import EntryLock
 from .metadata import (
     METADATA_NAME,
@@ -43,13 +55,8 @@ from .metadata import (
 from .shards import prune_sets
 from .source import ModelSource
 
-ENTRIES, TRANSIENT, LOCKS = "entries", "transient", "locks"
-_ENTRY_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,64}-[0-9a-f]{12}$")
-_TRANSIENT_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,64}-[0-9a-f]{12}-[0-9a-f]{8}$")
-_CACHEDIR_TAG = (
-    b"Signature: 8a477f597d28d172789f06886806bc55\n"
-    b"# This directory is a modelfetch cache; see https://bford.info/cachedir/\n"
-)
+_ENTRY_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,64}-([0-9a-f]{12})$")
+_TRANSIENT_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,64}-([0-9a-f]{12})-[0-9a-f]{8}$")
 
 
 def default_cache_dir() -> Path:
@@ -152,11 +159,11 @@ def _fresh_metadata(source: ModelSource, size: int, sha256: str) -> EntryMetadat
     )
 
 
-def _is_real_dir(path: Path) -> bool:
+def _read_sidecar(directory: Path) -> EntryMetadata | None:
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
+        return read_metadata(directory)
+    except MetadataError:
+        return None
 
 
 class Cache:
@@ -165,32 +172,18 @@ class Cache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         base = Path(root).expanduser() if root is not None else default_cache_dir()
         # Resolve once: a root that is itself a symlink (cache on another disk) is fine;
-        # symlinks *inside* the root are not followed.
+        # symlinks *inside* the root are never followed (layout.py).
         self.root = base.resolve()
-        self.entries_dir = self.root / ENTRIES
-        self.transient_dir = self.root / TRANSIENT
-        self.locks_dir = self.root / LOCKS
+        self.layout = Layout(self.root)
+        self.entries_dir = self.layout.path(ENTRIES)
+        self.transient_dir = self.layout.path(TRANSIENT)
+        self.locks_dir = self.layout.path(LOCKS)
 
     # -- layout -------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Create the layout; refuse to work through a symlinked subdirectory."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for sub in (self.entries_dir, self.transient_dir, self.locks_dir):
-            try:
-                sub.mkdir(exist_ok=True)
-            except FileExistsError:
-                pass
-            if not _is_real_dir(sub):
-                raise CorruptCacheError(
-                    f"{sub} is not a plain directory (a symlink or file?); move it away and "
-                    "retry, modelfetch will not write through it"
-                )
-        tag = self.root / "CACHEDIR.TAG"
-        if not tag.exists():
-            try:
-                tag.write_bytes(_CACHEDIR_TAG)
-            except OSError:
-                pass  # the tag is a courtesy to backup tools, not an invariant
+        """Create the layout; refuse a root whose layout directories are links or files."""
+        self.layout.create(ENTRIES, TRANSIENT, LOCKS)
+        self.layout.write_tag()
 
     def entry_dir(self, source: ModelSource) -> Path:
         return self.entries_dir / source.entry_dir_name
@@ -198,21 +191,52 @@ class Cache:
     def new_transient_dir(self, source: ModelSource) -> Path:
         return self.transient_dir / f"{source.entry_dir_name}-{os.urandom(4).hex()}"
 
+    def has_entry_dir(self, source: ModelSource) -> bool:
+        """Anything at ``source``'s entry name (checked by the lookups), in a safe root."""
+        return self.layout.check() and os.path.lexists(self.entry_dir(source))
+
+    def make_entry_dir(self, directory: Path, file_name: str) -> None:
+        """Create ``directory`` for a download of ``file_name``, and clear every name the
+        download will write of anything that is not a regular file (a directory, a FIFO, a
+        link: removed, never followed). Call it under the entry's lock, after prepare()."""
+        from .resume import part_paths  # the write path only (it imports the transfer engine)
+
+        with self._writing(directory):
+            if not is_directory(directory):
+                remove_any(directory)  # a link or file squatting on the entry's name
+                os.mkdir(directory)
+            for name in (
+                file_name,
+                METADATA_NAME,
+                *(p.name for p in part_paths(directory, file_name)),
+            ):
+                clear_squatter(directory / name)
+
     def lock(self, directory: Path) -> EntryLock:
-        return EntryLock(self.locks_dir / f"{directory.name}.lock")
+        self.layout.create(LOCKS)
+        return EntryLock(self.locks_dir / f"{directory.name}.lock", root=self.root)
+
+    @contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """Turn an OSError while changing the cache into the one clear storage error."""
+        try:
+            yield
+        except OSError as exc:
+            raise storage_error(exc, path, root=self.root) from None
 
     # -- lookups ------------------------------------------------------------------------
     def lookup_fast(self, source: ModelSource, expected_sha256: str | None) -> CacheEntry | None:
         """Serve a hit without locking or hashing: only when the stat stamp proves the file
         is byte-for-byte the one we verified. Read-only; anything doubtful returns None."""
+        if not self.layout.check():
+            return None
         directory = self.entry_dir(source)
-        if not _is_real_dir(directory):
+        if not is_directory(directory):
             return None
-        try:
-            meta = read_metadata(directory)
-        except MetadataError:
+        meta = _read_sidecar(directory)
+        if meta is None or meta.stamp is None or not self._meta_belongs(meta, source):
             return None
-        if not self._meta_belongs(meta, source) or meta.stamp is None:
+        if meta.bytes != meta.stamp.size:
             return None
         if expected_sha256 is not None and meta.sha256 != expected_sha256:
             return None
@@ -227,64 +251,98 @@ class Cache:
         """Full check with repair. The caller must hold the entry lock.
 
         Rebuilds a missing/corrupt sidecar from an intact file (no network), re-hashes a
-        file whose stamp changed, and deletes a file whose size or hash disagrees.
+        file whose stamp changed or whose stored SHA-256 is not the pin, and deletes file
+        and sidecar when the sidecar belongs to another source or its size or hash
+        disagrees with the file.
         """
+        return self._inspect(source, expected_sha256, repair=True)
+
+    def lookup_readonly(
+        self, source: ModelSource, expected_sha256: str | None
+    ) -> CacheEntry | None:
+        """The checks of lookup_verified, changing nothing: for a root where no lock file
+        can be created (read-only). A doubtful entry is a miss, but is not deleted."""
+        return self._inspect(source, expected_sha256, repair=False)
+
+    def _inspect(self, source: ModelSource, pin: str | None, *, repair: bool) -> CacheEntry | None:
+        if not self.layout.check():
+            return None
         directory = self.entry_dir(source)
         try:
             st_dir = os.lstat(directory)
         except FileNotFoundError:
             return None
         if not stat.S_ISDIR(st_dir.st_mode):
-            unlink_quiet(directory)  # a symlink or file squatting on our entry name
+            if repair:
+                with self._writing(directory):
+                    remove_any(directory)  # a link or file squatting on our entry's name
             return None
-        try:
-            meta: EntryMetadata | None = read_metadata(directory)
-        except MetadataError:
-            meta = None
-        if meta is not None and not self._meta_belongs(meta, source):
-            meta = None
         file_path = directory / source.file_name
+        meta = _read_sidecar(directory)
         st = lstat_regular(file_path)
-        if st is None:
-            self._drop_file(file_path)
-            unlink_quiet(directory / METADATA_NAME)
-            return None
-        if meta is not None and meta.bytes != st.st_size:
-            self._discard(directory, file_path)
-            return None
-        stamp = FileStamp.of(st)
         if (
-            meta is not None
-            and meta.stamp == stamp
-            and (expected_sha256 is None or expected_sha256 == meta.sha256)
+            st is None
+            or (meta is not None and not self._meta_belongs(meta, source))
+            or (meta is not None and meta.bytes != st.st_size)
         ):
-            return CacheEntry.from_metadata(directory, meta, self._touch(directory))
-        digest, size, _ = sha256_file(file_path)
-        known = expected_sha256 or (meta.sha256 if meta is not None else None)
-        if (known is not None and digest != known) or size != st.st_size:
-            self._discard(directory, file_path)
+            # No file, a sidecar of another source, or one whose size disagrees: a miss.
+            if repair:
+                self._discard(directory, file_path)
             return None
-        if meta is None:
-            meta = _fresh_metadata(source, size, digest)
-        meta = meta.with_stamp(FileStamp.of(os.lstat(file_path)))
-        write_metadata(directory, meta)
+        if meta is not None and meta.stamp == FileStamp.of(st) and pin in (None, meta.sha256):
+            used = self._touch(directory) if repair else st_dir.st_mtime
+            return CacheEntry.from_metadata(directory, meta, used)
+        try:
+            digest, size, _ = sha256_file(file_path)
+        except OSError:
+            size, digest = -1, ""
+        known = pin or (meta.sha256 if meta is not None else None)
+        if size != st.st_size or (known is not None and digest != known):
+            if repair:
+                self._discard(directory, file_path)
+            return None
+        # The sidecar records what the file hashed to: a stored SHA-256 that disagrees with
+        # the pin is never returned, it is corrected (the file matched the pin).
+        meta = replace(meta or _fresh_metadata(source, size, digest), sha256=digest, bytes=size)
+        if not repair:
+            return CacheEntry.from_metadata(directory, meta, st_dir.st_mtime)
+        meta = self._restamp(directory, file_path, meta)
         return CacheEntry.from_metadata(directory, meta, self._touch(directory))
 
     def get(self, source: ModelSource | str, sha256: str | None = None) -> CacheEntry | None:
-        """The verified entry for ``source``, or None. Never touches the network."""
+        """The verified entry for ``source``, or None. Never touches the network; works on a
+        read-only root (verifying without repairing)."""
         src = ModelSource.coerce(source)
         hit = self.lookup_fast(src, sha256)
-        if hit is not None or not _is_real_dir(self.entry_dir(src)):
+        if hit is not None or not is_directory(self.entry_dir(src)):
             return hit
-        with self.lock(self.entry_dir(src)).hold():
-            return self.lookup_verified(src, sha256)
+        try:
+            with self.lock(self.entry_dir(src)).hold():
+                return self.lookup_verified(src, sha256)
+        except ReadOnlyCacheError:
+            return self.lookup_readonly(src, sha256)
 
     @staticmethod
     def _meta_belongs(meta: EntryMetadata, source: ModelSource) -> bool:
+        """The sidecar describes this source's entry; any other sidecar means a miss."""
         return (
             meta.cache_key == source.cache_key
+            and meta.source_kind == source.kind
+            and meta.file_name == source.file_name
             and meta.file_path == source.file_name
             and not meta.transient
+        )
+
+    def _fits(self, directory: Path, meta: EntryMetadata) -> bool:
+        """The sidecar describes the entry directory it lies in (key, kind of entry, file),
+        which is what can be checked without knowing the source."""
+        transient = directory.parent == self.transient_dir
+        match = (_TRANSIENT_NAME if transient else _ENTRY_NAME).match(directory.name)
+        return (
+            match is not None
+            and match.group(1) == meta.cache_key[:12]
+            and meta.transient == transient
+            and meta.file_path == meta.file_name
         )
 
     @staticmethod
@@ -293,26 +351,26 @@ class Cache:
         try:
             os.utime(directory)
         except OSError:
-            pass
+            pass  # a read-only root: the hit is still good
         return time.time()
 
-    @staticmethod
-    def _drop_file(path: Path) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            import shutil  # shutil and tempfile are imported on write paths only
-
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            unlink_quiet(path)  # for a symlink this removes the link, never its target
-
     def _discard(self, directory: Path, file_path: Path) -> None:
-        unlink_quiet(directory / METADATA_NAME)
-        self._drop_file(file_path)
+        with self._writing(directory):
+            remove_any(directory / METADATA_NAME)
+            remove_any(file_path)  # for a symlink this removes the link, never its target
         fsync_dir(directory)
+
+    @staticmethod
+    def _restamp(directory: Path, file_path: Path, meta: EntryMetadata) -> EntryMetadata:
+        """Record the file's stamp so the next hit needs no hashing. Best effort: a verified
+        hit must not fail because a full or read-only disk refuses the sidecar; the next
+        hit simply hashes again."""
+        try:
+            meta = meta.with_stamp(FileStamp.of(os.lstat(file_path)))
+            meta = write_metadata(directory, meta)
+        except (OSError, CacheStorageError):
+            pass
+        return meta
 
     # -- writing ------------------------------------------------------------------------
     def promote(
@@ -336,55 +394,77 @@ class Cache:
         st = lstat_regular(part)
         if st is None or st.st_size != size:
             raise IntegrityError(f"partial file for {source.display} vanished or changed size")
-        if os.path.lexists(final) and lstat_regular(final) is None:
-            self._drop_file(final)  # never rename over a directory or through a symlink
-        os.replace(part, final)
-        fsync_dir(directory)
+        with self._writing(final):
+            clear_squatter(final)  # never rename over a directory; a link is replaced itself
+            os.replace(part, final)
+            fsync_dir(directory)
+            stamp = FileStamp.of(os.lstat(final))
         meta = replace(
             _fresh_metadata(source, size, sha256),
             etag=etag,
             last_modified=last_modified,
             transient=transient,
-            stamp=FileStamp.of(os.lstat(final)),
+            stamp=stamp,
             commit=commit,
         )
-        write_metadata(directory, meta)
-        unlink_quiet(part_state)
+        try:
+            meta = write_metadata(directory, meta)
+        except CacheStorageError:
+            # Without a sidecar the file would be re-hashed and lose its validators; put
+            # back as a complete part (its .part.json is still there), the next run
+            # resumes it through the ordinary verified path instead of downloading again.
+            try:
+                os.replace(final, part)
+            except OSError:
+                pass
+            raise
+        try:
+            remove_any(part_state)
+        except OSError:
+            pass  # a stale part state is ignored once the file is promoted
         return CacheEntry.from_metadata(directory, meta, self._touch(directory))
 
     def mark_revalidated(self, entry: CacheEntry, commit: str | None = None) -> CacheEntry:
         """Refresh found the file unchanged at the origin: bump updated_at (and the commit)."""
-        meta = read_metadata(entry.directory)
+        try:
+            meta = read_metadata(entry.directory)
+        except MetadataError:
+            return entry  # the sidecar could not be rebuilt (full disk): nothing to bump
         meta = meta.with_stamp(meta.stamp)
         if commit is not None:
             meta = replace(meta, commit=commit)
-        write_metadata(entry.directory, meta)
+        try:
+            meta = write_metadata(entry.directory, meta)
+        except CacheStorageError:
+            return entry  # the file is current either way; the next refresh asks again
         return CacheEntry.from_metadata(entry.directory, meta, self._touch(entry.directory))
 
     # -- management ---------------------------------------------------------------------
-    def _entry_dirs(self) -> Iterator[Path]:
+    def _entry_paths(self) -> Iterator[Path]:
+        """Every name in entries/ and transient/ that matches our pattern, of any type."""
+        if not self.layout.check():
+            return
         for parent, pattern in (
             (self.entries_dir, _ENTRY_NAME),
             (self.transient_dir, _TRANSIENT_NAME),
         ):
-            if not _is_real_dir(parent):
+            if not is_directory(parent):
                 continue
             try:
                 names = sorted(os.listdir(parent))
             except OSError:
                 continue
             for name in names:
-                path = parent / name
-                if pattern.match(name) and _is_real_dir(path):
-                    yield path
+                if pattern.match(name):
+                    yield parent / name
+
+    def _entry_dirs(self) -> Iterator[Path]:
+        return (p for p in self._entry_paths() if is_directory(p))
 
     def _load(self, directory: Path) -> CacheEntry | None:
-        """An entry as listed: sidecar valid and file present with the recorded size."""
-        try:
-            meta = read_metadata(directory)
-        except MetadataError:
-            return None
-        if (directory.parent == self.transient_dir) != meta.transient:
+        """An entry as listed: sidecar valid, in its own directory, file of recorded size."""
+        meta = _read_sidecar(directory)
+        if meta is None or not self._fits(directory, meta):
             return None
         st = lstat_regular(directory / meta.file_path)
         if st is None or st.st_size != meta.bytes:
@@ -395,9 +475,32 @@ class Cache:
             return None
         return CacheEntry.from_metadata(directory, meta, last_used)
 
+    def scan(self) -> tuple[builtins.list[CacheEntry], builtins.list[Path]]:
+        """(every readable entry, every entry directory that is corrupt). A directory that
+        holds only a partial download is neither."""
+        entries: builtins.list[CacheEntry] = []
+        corrupt: builtins.list[Path] = []
+        for directory in self._entry_dirs():
+            entry = self._load(directory)
+            if entry is not None:
+                entries.append(entry)
+            elif self._has_content(directory):
+                corrupt.append(directory)
+        return entries, corrupt
+
+    @staticmethod
+    def _has_content(directory: Path) -> bool:
+        from .resume import PART_STATE_SUFFIX, PART_SUFFIX
+
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            return True
+        return any(not n.endswith((PART_SUFFIX, PART_STATE_SUFFIX)) for n in names)
+
     def list(self) -> builtins.list[CacheEntry]:
         """Every readable entry; corrupt ones are skipped, not fatal."""
-        return [e for d in self._entry_dirs() if (e := self._load(d)) is not None]
+        return self.scan()[0]
 
     def find(self, ref: str | ModelSource) -> builtins.list[CacheEntry]:
         """Entries named by a source, a cache-key prefix (>= 6 hex chars) or a dir name."""
@@ -417,34 +520,38 @@ class Cache:
 
     def _remove_dir(self, directory: Path) -> bool:
         """Delete an entry directory if nobody is writing it. True if it is gone."""
-        if not _is_real_dir(directory):
+        if not is_directory(directory):
             return False
         with self.lock(directory).try_hold() as got:
             if not got:
                 return False
-            import shutil
-
-            shutil.rmtree(directory, ignore_errors=True)
+            with self._writing(directory):
+                remove_any(directory)
             fsync_dir(directory.parent)
-            return not directory.exists()
+            return not os.path.lexists(directory)
 
     def remove(self, ref: str | ModelSource) -> builtins.list[CacheEntry]:
         """Remove the matching entries (and, for a source, its corrupt or partial leftovers)."""
+        self.layout.writable()
         removed = [e for e in self.find(ref) if self._remove_dir(e.directory)]
         if isinstance(ref, ModelSource):
             self._remove_dir(self.entry_dir(ref))
-        prune_sets(self.root)
+        prune_sets(self.layout)
         return removed
 
     def clear(self) -> tuple[int, int]:
         """Remove every entry of ours, corrupt ones included. Returns (removed, busy)."""
+        self.layout.writable()
         removed = busy = 0
-        for directory in list(self._entry_dirs()):
-            if self._remove_dir(directory):
+        for path in list(self._entry_paths()):
+            if not is_directory(path):
+                with self._writing(path):
+                    remove_any(path)  # a link or file squatting on an entry name
+            elif self._remove_dir(path):
                 removed += 1
             else:
                 busy += 1
-        prune_sets(self.root, remove_all=busy == 0)
+        prune_sets(self.layout, remove_all=busy == 0)
         return removed, busy
 
     def prune(
@@ -457,6 +564,8 @@ class Cache:
     ) -> PruneReport:
         """Remove parts of dead downloads, entries unused for ``max_age`` seconds, then the
         least recently used entries until the total is at most ``max_bytes``."""
+        if not dry_run:
+            self.layout.writable()
         report = PruneReport()
         now = time.time() if now is None else now
         for directory in list(self._entry_dirs()):
@@ -475,7 +584,7 @@ class Cache:
                 if self._prune_one(entry, report, dry_run):
                     total -= entry.bytes
         if not dry_run:
-            prune_sets(self.root)
+            prune_sets(self.layout)
         return report
 
     def _prune_one(self, entry: CacheEntry, report: PruneReport, dry_run: bool) -> bool:
@@ -497,28 +606,31 @@ class Cache:
             return 0
         if not names:
             return 0
-        with self.lock(directory).try_hold() as got:
-            if not got:
-                return 0  # a live download owns them
+        try:
+            with self.lock(directory).try_hold() as got:
+                if not got:
+                    return 0  # a live download owns them
+                if not dry_run:
+                    with self._writing(directory):
+                        for name in names:
+                            remove_any(directory / name)
+                    try:
+                        directory.rmdir()  # only succeeds if nothing else was there
+                    except OSError:
+                        pass
+        except ReadOnlyCacheError:
             if not dry_run:
-                for name in names:
-                    unlink_quiet(directory / name)
-                try:
-                    directory.rmdir()  # only succeeds if nothing else was there
-                except OSError:
-                    pass
+                raise  # a dry run on a read-only root cannot tell live parts from dead ones
         return sum(1 for n in names if n.endswith(PART_SUFFIX))
 
     def verify(self, ref: str | ModelSource | None = None) -> builtins.list[VerifyResult]:
         """Re-hash entries fully; delete any whose bytes disagree with their sidecar."""
+        self.layout.writable()
         if ref is None:
             targets = list(self._entry_dirs())
         else:
             targets = [e.directory for e in self.find(ref)]
-        results = []
-        for directory in targets:
-            results.append(self._verify_dir(directory))
-        return results
+        return [self._verify_dir(directory) for directory in targets]
 
     def _verify_dir(self, directory: Path) -> VerifyResult:
         with self.lock(directory).try_hold() as got:
@@ -531,17 +643,27 @@ class Cache:
                     directory, False, f"sidecar {exc}; rebuilt from the file on next use"
                 )
             file_path = directory / meta.file_path
-            st = lstat_regular(file_path)
-            if st is None:
+            problem = self._verify_file(directory, file_path, meta)
+            if problem is not None:
                 self._discard(directory, file_path)
-                return VerifyResult(directory, False, "model file missing or not a regular file")
-            digest, size, _ = sha256_file(file_path)
-            if size != meta.bytes or digest != meta.sha256:
-                self._discard(directory, file_path)
-                return VerifyResult(
-                    directory, False, "size or SHA-256 mismatch: corrupt file removed"
-                )
-            meta = meta.with_stamp(FileStamp.of(os.lstat(file_path)))
-            write_metadata(directory, meta)
+                return VerifyResult(directory, False, problem)
+            meta = self._restamp(directory, file_path, meta)
             entry = CacheEntry.from_metadata(directory, meta, os.lstat(directory).st_mtime)
             return VerifyResult(directory, True, "ok", entry)
+
+    def _verify_file(self, directory: Path, file_path: Path, meta: EntryMetadata) -> str | None:
+        """What is wrong with an entry (its file and sidecar are then removed), or None."""
+        if not self._fits(directory, meta):
+            return "sidecar belongs to another entry: file and sidecar removed"
+        st = lstat_regular(file_path)
+        if st is None:
+            return "model file missing or not a regular file"
+        if st.st_size != meta.bytes:
+            return "size mismatch: corrupt file removed"
+        try:
+            digest, size, _ = sha256_file(file_path)
+        except OSError as exc:
+            return f"unreadable ({exc.strerror or exc}): removed"
+        if size != meta.bytes or digest != meta.sha256:
+            return "size or SHA-256 mismatch: corrupt file removed"
+        return None

@@ -22,6 +22,7 @@ from .errors import ModelFetchError
 from .launcher import entry_line, hit_line
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEvent
+from .redact import printable
 
 _SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -90,6 +91,7 @@ class _ProgressPrinter:
             self.close()
 
     def _say(self, text: str) -> None:
+        text = printable(text)  # event messages can carry what a server said
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
@@ -109,6 +111,11 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def _say(text: str) -> None:
+    """Print a line that may hold text from disk or a server (escaped, never raw)."""
+    click.echo(printable(text))
+
+
 def _entries_table(entries: list[CacheEntry]) -> None:
     if not entries:
         click.echo("(cache is empty)")
@@ -117,24 +124,28 @@ def _entries_table(entries: list[CacheEntry]) -> None:
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
         flag = " [transient]" if e.transient else ""
-        click.echo(f"{e.cache_key[:12]}  {human_bytes(e.bytes):>10}  {used}  {e.source}{flag}")
+        _say(f"{e.cache_key[:12]}  {human_bytes(e.bytes):>10}  {used}  {e.source}{flag}")
 
 
 class _Group(click.Group):
-    """Turns our errors into a one-line message and exit status 1 (no traceback)."""
+    """Turns our errors into one escaped line and exit status 1 (never a traceback)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ModelFetchError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(str(exc))) from None
+        except OSError as exc:  # a filesystem failure no layer above expected
+            where = f": {exc.filename}" if exc.filename else ""
+            reason = exc.strerror or type(exc).__name__
+            raise click.ClickException(printable(f"{reason}{where}")) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--cache-dir",
     envvar="MODELFETCH_CACHE_DIR",
-    type=click.Path(file_okay=False),
+    type=click.Path(),
     help="Cache root (default: MODELFETCH_CACHE_DIR or the platform cache dir).",
 )
 @click.version_option(__version__, prog_name="modelfetch")
@@ -240,12 +251,18 @@ def get(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def ls_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List cache entries (corrupt ones are skipped)."""
-    entries = _cache(ctx).list()
+    """List cache entries (corrupt ones are skipped, and counted on stderr)."""
+    entries, corrupt = _cache(ctx).scan()
     if as_json:
         _emit_json([e.to_dict() for e in entries])
     else:
         _entries_table(entries)
+    if corrupt:
+        click.echo(
+            f"note: {len(corrupt)} corrupt entr{'y' if len(corrupt) == 1 else 'ies'} not "
+            "listed; `modelfetch verify` reports and removes them",
+            err=True,
+        )
 
 
 @main.command()
@@ -262,7 +279,7 @@ def info(ctx: click.Context, ref: str, as_json: bool) -> None:
         return
     for e in entries:
         for key, value in e.to_dict().items():
-            click.echo(f"{key:14} {value}")
+            _say(f"{key:14} {value}")
         click.echo()
 
 
@@ -278,7 +295,7 @@ def rm(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
         _emit_json({"removed": [e.to_dict() for e in removed]})
     else:
         for e in removed:
-            click.echo(f"removed {e.cache_key[:12]} {e.source}")
+            _say(f"removed {e.cache_key[:12]} {e.source}")
     if not removed:
         raise ModelFetchError("nothing matched (or the entry is being downloaded right now)")
 
@@ -311,7 +328,7 @@ def prune(
         return
     verb = "would remove" if dry_run else "removed"
     for e in report.removed:
-        click.echo(f"{verb} {e.cache_key[:12]} {human_bytes(e.bytes)} {e.source}")
+        _say(f"{verb} {e.cache_key[:12]} {human_bytes(e.bytes)} {e.source}")
     click.echo(
         f"{verb} {len(report.removed)} entries ({human_bytes(report.freed_bytes)}), "
         f"{report.parts_removed} stale partial downloads; {report.busy_skipped} busy skipped"
@@ -347,7 +364,7 @@ def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
         )
     else:
         for r in results:
-            click.echo(f"{'OK ' if r.ok else 'BAD'} {r.directory.name}: {r.detail}")
+            _say(f"{'OK ' if r.ok else 'BAD'} {r.directory.name}: {r.detail}")
         click.echo(f"{sum(r.ok for r in results)} ok, {sum(not r.ok for r in results)} bad")
     if not all(r.ok for r in results):
         sys.exit(1)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .cache import CacheEntry
-from .errors import DownloadError, IntegrityError
+from .errors import DownloadError, IntegrityError, storage_error
 from .fsutil import lstat_regular, unlink_quiet
 from .http_client import Response, RetryableError, open_url, origin_of, parse_retry_after
 from .options import EnsureOptions
@@ -499,7 +499,7 @@ class HttpDownloader:
         try:
             fd = os.open(part, flags, 0o644)
         except OSError as exc:
-            raise DownloadError(f"cannot write {part}: {exc.strerror}") from None
+            raise storage_error(exc, part) from None
         try:
             if truncate:
                 os.ftruncate(fd, 0)
@@ -508,12 +508,12 @@ class HttpDownloader:
                     # Reserve the space now: a full disk fails here, not at 97%.
                     os.posix_fallocate(fd, 0, preallocate)
                 except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise DownloadError(
-                            f"not enough disk space for {self.display} "
-                            f"({preallocate} bytes needed in {part.parent})"
-                        ) from None
+                    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                        raise storage_error(exc, part, needed=preallocate) from None
                     os.ftruncate(fd, preallocate)  # filesystem without fallocate
+        except OSError as exc:
+            os.close(fd)
+            raise storage_error(exc, part) from None
         except BaseException:
             os.close(fd)
             raise

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, CacheEntry
 from .cancel import CancelToken
-from .errors import CacheMissError, DownloadError, IntegrityError, InvalidSourceError
+from .errors import (
+    CacheMissError,
+    DownloadError,
+    IntegrityError,
+    InvalidSourceError,
+    ReadOnlyCacheError,
+)
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEmitter
 from .shards import assemble, siblings
@@ -195,9 +201,7 @@ def _resolve_tag(
     """hf://owner/repo:TAG -> the file it names (remembered under refs/, or listed)."""
     from .quant import resolve as resolve_quant
 
-    if not offline:
-        cache.prepare()
-    return resolve_quant(src, opts, cache.root, credentials_for(src, opts), offline, pins)
+    return resolve_quant(src, opts, cache.layout, credentials_for(src, opts), offline, pins)
 
 
 def _shard_group(src: ModelSource, opts: EnsureOptions) -> list[ModelSource] | None:
@@ -213,7 +217,7 @@ def _shard_group(src: ModelSource, opts: EnsureOptions) -> list[ModelSource] | N
 def _with_set(
     cache: Cache, src: ModelSource, group: list[ModelSource], entries: list[CacheEntry]
 ) -> CacheEntry:
-    folder = assemble(cache.root, group, [e.path for e in entries])
+    folder = assemble(cache.layout, group, [e.path for e in entries])
     asked = [e for e, s in zip(entries, group, strict=True) if s.cache_key == src.cache_key]
     mine = asked[0] if asked else entries[0]
     first = sorted(folder.iterdir())[0]
@@ -245,9 +249,33 @@ def _ensure_one(
         emitter.emit("cache_hit", hit.bytes, hit.bytes)
         return hit
 
-    directory = cache.entry_dir(src)
-    if policy is CachePolicy.CACHE_ONLY and not os.path.lexists(directory):
+    if policy is CachePolicy.CACHE_ONLY and not cache.has_entry_dir(src):
         raise CacheMissError(_miss_message(src))
+    try:
+        return _ensure_locked(src, opts, cache, policy, emitter, pins)
+    except ReadOnlyCacheError:
+        # No lock file can be made (a read-only root): a verified hit needs no write, so
+        # check the entry without changing anything. A miss or refresh cannot be served.
+        if policy is CachePolicy.REFRESH:
+            raise
+        hit = cache.lookup_readonly(src, opts.sha256)
+        if hit is not None:
+            emitter.emit("cache_hit", hit.bytes, hit.bytes)
+            return hit
+        if policy is CachePolicy.CACHE_ONLY:
+            raise CacheMissError(_miss_message(src)) from None
+        raise
+
+
+def _ensure_locked(
+    src: ModelSource,
+    opts: EnsureOptions,
+    cache: Cache,
+    policy: CachePolicy,
+    emitter: ProgressEmitter,
+    pins: Pins | None,
+) -> CacheEntry:
+    directory = cache.entry_dir(src)
     cache.prepare()
     lock = cache.lock(directory)
     on_wait = functools.partial(
@@ -260,7 +288,7 @@ def _ensure_one(
             return existing
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src))
-        directory.mkdir(exist_ok=True)
+        cache.make_entry_dir(directory, src.file_name)
         import logging  # already loaded by urllib3 on this path; not on a hit
 
         logging.getLogger("modelfetch").debug("fetching %s into %s", src.display, directory)
@@ -352,7 +380,7 @@ def _ensure_transient(
 ) -> CacheEntry:
     cache.prepare()
     directory = cache.new_transient_dir(src)
-    directory.mkdir()
+    cache.make_entry_dir(directory, src.file_name)
     try:
         with cache.lock(directory).hold(cancel=opts.cancel):
             result = _fetch(src, directory, opts, emitter, None, pins)

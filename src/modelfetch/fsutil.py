@@ -9,6 +9,8 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import storage_error
+
 HASH_CHUNK = 4 * 1024 * 1024
 
 
@@ -27,21 +29,34 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix."""
+    """Write ``data`` to ``path`` so readers see the old or the new content, never a mix.
+
+    Callers write only inside cache directories they have checked, so whatever squats on
+    ``path`` (a directory, a FIFO, a symlink) is ours to replace: the rename replaces a link
+    itself, never its target. A failed write raises the one clear storage error (full disk,
+    read-only root) and leaves the old content in place.
+    """
     import tempfile  # (and shutil, random): write paths only, not a cache hit
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if is_directory(path):
+            remove_any(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise storage_error(exc, path) from None
         raise
     fsync_dir(path.parent)
 
@@ -97,8 +112,11 @@ def sha256_file(
     """
     hasher = hashlib.sha256()
     total = 0
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    # O_NONBLOCK: a FIFO swapped in for the file must not hang us; it is refused below.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         with os.fdopen(fd, "rb", buffering=0, closefd=False) as fh:
             buf = bytearray(HASH_CHUNK)
             view = memoryview(buf)
@@ -122,6 +140,37 @@ def unlink_quiet(path: Path) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def is_directory(path: Path) -> bool:
+    """True for a real directory; a symlink to one is not."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def remove_any(path: Path) -> None:
+    """Remove whatever is at ``path`` without following it: a link goes, never its target; a
+    directory goes with its contents (``rmtree`` does not follow links inside it either)."""
+    if is_directory(path):
+        import shutil  # write paths only, not a cache hit
+
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.lexists(path):
+            shutil.rmtree(path)  # again, to raise what stopped it (a read-only root...)
+        return
+    unlink_quiet(path)
+
+
+def clear_squatter(path: Path) -> None:
+    """Make room for a regular file at ``path``: remove anything else found there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        remove_any(path)
 
 
 def is_inside(child: Path, parent: Path) -> bool:

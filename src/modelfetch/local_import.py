@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .cancel import CancelToken
 from .download import FetchResult
-from .errors import DownloadError, IntegrityError
-from .fsutil import unlink_quiet
+from .errors import CancelledError, DownloadError, IntegrityError, storage_error
+from .fsutil import clear_squatter, unlink_quiet
 from .progress import ProgressEmitter
 from .transfer import CHUNK
 
@@ -27,25 +27,41 @@ def import_local_file(
         raise DownloadError(f"cannot read local file {src}: {exc.strerror or exc}") from None
     hasher = hashlib.sha256()
     done = 0
-    unlink_quiet(part)
-    try:
-        total = os.fstat(fin.fileno()).st_size
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-        with fin, os.fdopen(os.open(part, flags, 0o644), "wb") as fout:
+    with fin:
+        try:
+            total = os.fstat(fin.fileno()).st_size
+            clear_squatter(part)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+            fd = os.open(part, flags, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, part) from None
+        try:
             emitter.emit("start", 0, total)
             buf = bytearray(CHUNK)
             view = memoryview(buf)
-            while n := fin.readinto(view):
+            while True:
                 if cancel is not None:
                     cancel.check()
-                fout.write(view[:n])
+                try:
+                    n = fin.readinto(view)
+                except OSError as exc:
+                    raise DownloadError(f"copying {src} failed: {exc.strerror or exc}") from None
+                if not n:
+                    break
+                _write_all(fd, view[:n], part)
                 hasher.update(view[:n])
                 done += n
                 emitter.bytes(done, total)
-            fout.flush()
-            os.fsync(fout.fileno())
-    except OSError as exc:
-        raise DownloadError(f"copying {src} failed: {exc.strerror or exc}") from None
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                raise storage_error(exc, part) from None
+        except BaseException as exc:
+            if not isinstance(exc, CancelledError):
+                unlink_quiet(part)  # a copy is never resumed: give the space back
+            raise
+        finally:
+            os.close(fd)
     digest = hasher.hexdigest()
     if expected_sha256 and digest != expected_sha256:
         unlink_quiet(part)
@@ -54,3 +70,11 @@ def import_local_file(
         )
     emitter.bytes(done, done, force=True)
     return FetchResult(digest, done, None, None)
+
+
+def _write_all(fd: int, data: memoryview, part: Path) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except OSError as exc:
+        raise storage_error(exc, part) from None

@@ -14,8 +14,9 @@ Schema version 1 (all keys required unless marked optional)::
     file_path       path of the model file relative to the entry directory (one segment)
     bytes           size in bytes
     sha256          64 lowercase hex chars
-    etag            optional string, the origin's ETag when downloaded
-    last_modified   optional string, the origin's Last-Modified when downloaded
+    etag            optional string, the origin's ETag when downloaded (at most 1024
+                    characters, no control characters; a longer one is not stored)
+    last_modified   optional string, the origin's Last-Modified when downloaded (same bound)
     created_at      ISO-8601 UTC timestamp
     updated_at      ISO-8601 UTC timestamp
     transient       bool, true for entries made by the no-cache policy
@@ -44,6 +45,11 @@ MAX_SIZE = 2**62  # far beyond any real file; rejects absurd numbers before arit
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _MAX_TEXT = 4096
+# Validators are stored only when they are sane: a 50 KB ETag would make the sidecar one the
+# reader rejects. Dropping one (never cutting it: a cut ETag is a wrong validator) only costs
+# a refresh its conditional request.
+MAX_VALIDATOR = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class MetadataError(ValueError):
@@ -208,5 +214,34 @@ def read_metadata(entry_dir: Path) -> EntryMetadata:
     return parse_metadata(data)
 
 
-def write_metadata(entry_dir: Path, meta: EntryMetadata) -> None:
-    atomic_write_bytes(entry_dir / METADATA_NAME, meta.to_json())
+def storable_validator(value: str | None) -> str | None:
+    """A validator (ETag, Last-Modified) as we may store and send it back, or None."""
+    if value is None or len(value) > MAX_VALIDATOR or _CONTROL.search(value):
+        return None
+    return value
+
+
+def bounded(meta: EntryMetadata) -> EntryMetadata:
+    """``meta`` within what the reader accepts: absurd validators dropped, an over-long
+    (display-only) source shortened."""
+    source = meta.source
+    if len(source) > _MAX_TEXT:
+        source = source[: _MAX_TEXT - 3] + "..."
+    return replace(
+        meta,
+        source=source,
+        etag=storable_validator(meta.etag),
+        last_modified=storable_validator(meta.last_modified),
+    )
+
+
+def write_metadata(entry_dir: Path, meta: EntryMetadata) -> EntryMetadata:
+    """Write the sidecar and return what was stored: only a sidecar that reads back as
+    written ever reaches the disk."""
+    stored = bounded(meta)
+    data = stored.to_json()
+    if len(data) > MAX_METADATA_BYTES:
+        raise MetadataError(f"sidecar would exceed {MAX_METADATA_BYTES} bytes")
+    parse_metadata(data)  # raises MetadataError for anything the reader would reject
+    atomic_write_bytes(entry_dir / METADATA_NAME, data)
+    return stored

@@ -7,8 +7,9 @@ file is downloaded from that same commit. A file matches when the tag appears in
 between separators (case-insensitive); multimodal projectors (``mmproj``) are skipped; a
 single file is preferred to a split set (whose first shard then stands for the set).
 
-The choice is remembered in ``<root>/refs/<key>.json``, so a cached model named by tag is
-served with no request at all, and works offline.
+The choice is remembered in ``<root>/refs/<key>.json`` (reached through layout.py, never
+through a link), so a cached model named by tag is served with no request at all, and works
+offline.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 
 from .errors import CacheMissError, DownloadError, InvalidSourceError
 from .fsutil import atomic_write_bytes, read_regular_file
+from .layout import REFS, Layout
 from .options import EnsureOptions
 from .source import DEFAULT_HF_ENDPOINT, ModelSource
 
-REFS = "refs"
 MAX_PAGES = 50
 MAX_LISTING_BYTES = 32 * 1024 * 1024
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
@@ -123,14 +124,17 @@ def _env_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
 
 
-def _ref_path(root: Path, source: ModelSource) -> Path:
-    return root / REFS / f"{source.cache_key}.json"
+def _ref_path(layout: Layout, source: ModelSource) -> Path:
+    return layout.path(REFS) / f"{source.cache_key}.json"
 
 
-def read_ref(root: Path, source: ModelSource) -> ModelSource | None:
+def read_ref(layout: Layout, source: ModelSource) -> ModelSource | None:
     """The remembered resolution of a tag, treated as hostile input like any sidecar."""
+    if not layout.has(REFS):
+        return None
     try:
-        doc = json.loads(read_regular_file(_ref_path(root, source), 64 * 1024).decode("utf-8"))
+        data = read_regular_file(_ref_path(layout, source), 64 * 1024)
+        doc = json.loads(data.decode("utf-8"))
         if not isinstance(doc, dict) or doc.get("identity") != source.identity:
             return None
         path = doc.get("path")
@@ -143,7 +147,7 @@ def read_ref(root: Path, source: ModelSource) -> ModelSource | None:
 def resolve(
     source: ModelSource,
     opts: EnsureOptions,
-    root: Path,
+    layout: Layout,
     creds: dict[str, str],
     offline: bool,
     pins: dict[tuple[str, str], str],
@@ -151,7 +155,7 @@ def resolve(
     """Turn ``hf://owner/repo:QUANT`` into the concrete file source; when the hub was asked,
     record in ``pins`` the commit the listing came from, for the download to use."""
     assert source.quant is not None
-    remembered = read_ref(root, source)
+    remembered = read_ref(layout, source)
     if remembered is not None and (offline or opts.policy.value != "refresh"):
         return remembered
     if offline:
@@ -175,9 +179,9 @@ def resolve(
         )
     resolved = ModelSource.huggingface(source.repo_id, chosen, source.revision)
     pins[(source.repo_id, source.revision)] = commit
-    (root / REFS).mkdir(parents=True, exist_ok=True)
+    layout.create(REFS)
     atomic_write_bytes(
-        _ref_path(root, source),
+        _ref_path(layout, source),
         json.dumps({"identity": source.identity, "path": chosen}).encode("utf-8"),
     )
     return resolved

@@ -47,6 +47,28 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
+# C0 controls, DEL, C1 controls, lone surrogates (undecodable bytes of a file name or a
+# header, as Python's surrogateescape keeps them), and the Unicode line separators and
+# bidirectional overrides that can make a terminal line lie about what it shows.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]"
+)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with everything a terminal would act on escaped (``\\x1b``, ``\\udcff``...).
+
+    Whatever we print that came from disk or from a server goes through this, so a hostile
+    sidecar or header cannot move the cursor, recolour the screen or fake a second line.
+    """
+    return _UNPRINTABLE.sub(_escape_char, text)
+
+
 def is_secret_header(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in _SECRET_HEADER_WORDS)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from .fsutil import atomic_write_bytes, lstat_regular, read_regular_file, unlink_quiet
+from .metadata import MAX_VALIDATOR, storable_validator
 from .transfer import Segment, contiguous_frontier, validate_segments
 
 PART_SUFFIX = ".part"
@@ -70,7 +71,7 @@ def load_part_state(path: Path, cache_key: str) -> PartState | None:
 
     def text(key: str) -> str | None:
         value = doc.get(key)
-        return value if isinstance(value, str) and len(value) <= 1024 else None
+        return value if isinstance(value, str) and len(value) <= MAX_VALIDATOR else None
 
     total = doc.get("total")
     if not isinstance(total, int) or isinstance(total, bool) or not 0 <= total < 2**62:
@@ -89,7 +90,12 @@ def load_part_state(path: Path, cache_key: str) -> PartState | None:
 
 
 def save_part_state(path: Path, state: PartState) -> None:
-    atomic_write_bytes(path, json.dumps(asdict(state)).encode("utf-8"))
+    """Write the part sidecar; validators the reader would refuse are left out, so what is
+    written always reads back (a resume then relies on the other validator or the pin)."""
+    doc = asdict(state)
+    doc["etag"] = storable_validator(state.etag)
+    doc["last_modified"] = storable_validator(state.last_modified)
+    atomic_write_bytes(path, json.dumps(doc).encode("utf-8"))
 
 
 def discard_part(entry_dir: Path, file_name: str) -> None:

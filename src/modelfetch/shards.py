@@ -5,7 +5,8 @@ loads a split model from the path of its first shard and looks for the others *b
 so the shards are also gathered in ``<root>/sets/<name>-<key12>/`` as relative symlinks
 with their original names. The set directory is built under a temporary name and renamed
 into place, so nobody sees half a set. Cache code never follows these links; they only
-exist for consumers of the files.
+exist for consumers of the files. The ``sets/`` directory is reached through layout.py, and
+a link name is always one plain path segment, so no link is ever made outside the root.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidSourceError
+from .errors import InvalidSourceError, storage_error
+from .fsutil import is_directory, remove_any
+from .layout import SETS, Layout
 from .source import ModelSource
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 MAX_SHARDS = 1000
-SETS = "sets"
+_PLAIN_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ def siblings(source: ModelSource) -> list[ModelSource] | None:
     shard = shard_name(raw)
     if shard is None or shard.count == 1:
         return None
+    if not _PLAIN_NAME.match(raw) or raw.startswith("."):
+        # A URL may encode '/' or control characters into the name (%2F, %1B); the shards'
+        # links are named after it, so such a set cannot be gathered safely.
+        raise InvalidSourceError(
+            "the shard's file name (decoded from the URL) is not a plain file name; "
+            "pass shards=False (--no-shards) to fetch this one file"
+        )
     out = []
     for i in range(1, shard.count + 1):
         name = shard.name(i)
@@ -92,28 +102,30 @@ def set_dir_name(shards: list[ModelSource]) -> str:
     return f"{stem}-{key[:12]}"
 
 
-def assemble(root: Path, shards: list[ModelSource], files: list[Path]) -> Path:
+def assemble(layout: Layout, shards: list[ModelSource], files: list[Path]) -> Path:
     """Gather the shard files in one directory of relative symlinks; return its path."""
-    sets = root / SETS
-    sets.mkdir(exist_ok=True)
+    layout.create(SETS)
+    sets = layout.path(SETS)
     final = sets / set_dir_name(shards)
     names = [_raw_name(s) for s in shards]
     if _is_complete(final, names, files):
         return final
-    import shutil  # not needed when the set is already complete (every cache hit)
-
     tmp = sets / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, target in zip(names, files, strict=True):
-        (tmp / name).symlink_to(os.path.relpath(target, final))
-    remove_set(final)  # a stale or partial set: links only, never a real file
+    try:
+        remove_any(tmp)
+        os.mkdir(tmp)
+        for name, target in zip(names, files, strict=True):
+            (tmp / name).symlink_to(os.path.relpath(target, final))
+        remove_any(final)  # a stale or partial set: links only, never a real file
+    except OSError as exc:
+        remove_quietly(tmp)
+        raise storage_error(exc, sets, root=layout.root) from None
     try:
         os.rename(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        remove_quietly(tmp)
         if not _is_complete(final, names, files):  # lost a race to an identical set?
-            raise
+            raise storage_error(exc, sets, root=layout.root) from None
     return final
 
 
@@ -128,28 +140,29 @@ def _is_complete(final: Path, names: list[str], files: list[Path]) -> bool:
     return True
 
 
-def remove_set(path: Path) -> None:
-    if path.is_symlink():
-        path.unlink()
-    else:
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)  # rmtree unlinks links, never their targets
+def remove_quietly(path: Path) -> None:
+    try:
+        remove_any(path)  # rmtree unlinks links, never their targets
+    except OSError:
+        pass
 
 
-def prune_sets(root: Path, remove_all: bool = False) -> int:
+def prune_sets(layout: Layout, remove_all: bool = False) -> int:
     """Remove set directories whose shards are gone (or all of them). Returns the count."""
-    sets = root / SETS
-    if not sets.is_dir() or sets.is_symlink():
+    if not layout.has(SETS):
         return 0
+    sets = layout.path(SETS)
     removed = 0
     for child in sorted(sets.iterdir()):
         if not re.fullmatch(r"\.?[A-Za-z0-9._+-]{1,64}-[0-9a-f]{12}(\.\d+\.tmp)?", child.name):
             continue  # not ours
-        dangling = not child.is_dir() or any(
-            link.is_symlink() and not link.exists() for link in child.iterdir()
-        )
+        try:
+            dangling = not is_directory(child) or any(
+                link.is_symlink() and not link.exists() for link in child.iterdir()
+            )
+        except OSError:
+            dangling = True
         if remove_all or dangling or child.name.endswith(".tmp"):
-            remove_set(child)
+            remove_quietly(child)
             removed += 1
     return removed

@@ -69,6 +69,10 @@ def _has_control_chars(text: str) -> bool:
     return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text)
 
 
+# Names the cache itself uses inside an entry directory: a model file must not take them.
+_RESERVED_NAME = re.compile(r"^metadata\.json$|\.part(\.json)?$")
+
+
 def safe_file_name(name: str) -> str:
     """A file name that is safe on every filesystem we support, keeping the extension."""
     cleaned = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".") or "download"
@@ -78,6 +82,8 @@ def safe_file_name(name: str) -> str:
             cleaned = stem[: MAX_FILE_NAME_LENGTH - len(ext) - 1] + "." + ext
         else:
             cleaned = cleaned[:MAX_FILE_NAME_LENGTH]
+    if _RESERVED_NAME.search(cleaned):
+        cleaned = cleaned[: MAX_FILE_NAME_LENGTH - 1] + "_"
     return cleaned
 
 

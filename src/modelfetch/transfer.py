@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from .cancel import CancelToken
-from .errors import CancelledError, DownloadError
+from .errors import CancelledError, DownloadError, ModelFetchError, storage_error
 from .fsutil import start_writeback
 from .http_client import Response, RetryableError
 
@@ -401,7 +401,7 @@ class Transfer:
                     seg = self._work_or_exit()
         except BaseException as exc:
             if isinstance(exc, OSError) and not isinstance(exc, TRANSPORT_ERRORS):
-                exc = DownloadError(f"cannot write the partial file: {exc.strerror or exc}")
+                exc = storage_error(exc, "the partial file")
             with self.cond:
                 if self.error is None:
                     self.error = exc
@@ -508,7 +508,10 @@ class Transfer:
                         threads.extend(self._spawn_more())
                 self._start_writeback()
                 if time.monotonic() - last_persist >= PERSIST_SECONDS:
-                    self._persist()
+                    try:
+                        self._persist()
+                    except ModelFetchError as exc:  # a full disk: stop the workers too
+                        self._abort(exc)
                     last_persist = time.monotonic()
         finally:
             for t in threads:
@@ -525,7 +528,11 @@ class Transfer:
                 self.abort = True
                 self.cond.notify_all()
             hasher.join()
-        self._persist()
+        try:
+            self._persist()
+        except ModelFetchError:
+            if self.error is None:
+                raise  # otherwise the first error is the one to report
         if self.error is not None:
             error = self.error
             if isinstance(error, TransferRetry):
@@ -574,15 +581,19 @@ class Transfer:
         return threads
 
     def _cancelled(self) -> None:
+        self._abort(CancelledError("cancelled by the caller; partial data is kept for resume"))
+
+    def _abort(self, error: BaseException) -> None:
         with self.cond:
             self.abort = True
-            self.error = self.error or CancelledError(
-                "cancelled by the caller; partial data is kept for resume"
-            )
+            self.error = self.error or error
             self.cond.notify_all()
 
     def _persist(self) -> None:
         with self.cond:
             snapshot = self._snapshot()
-        os.fdatasync(self.fd)  # positions are only recorded for bytes that are on disk
+        try:
+            os.fdatasync(self.fd)  # positions are only recorded for bytes that are on disk
+        except OSError as exc:
+            raise storage_error(exc, "the partial file") from None
         self.persist_cb(snapshot)
