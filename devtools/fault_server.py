@@ -42,6 +42,7 @@ class Resource:
     accept_ranges: bool = True  # False: no Accept-Ranges header and Range is ignored
     stall_range_at: int | None = None  # the first range request starting here hangs
     stalled: bool = False
+    content_length: bool = True  # False: no Content-Length, the body ends when we close
 
     def __post_init__(self) -> None:
         # None means "make one up"; "" means "send none".
@@ -133,7 +134,11 @@ class FaultServer:
                         code = 206
                 body = data[start : end + 1]
                 self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
+                if res.content_length:
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.send_header("Content-Type", "application/octet-stream")
                 if res.accept_ranges:
                     self.send_header("Accept-Ranges", "bytes")

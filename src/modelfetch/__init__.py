@@ -6,14 +6,17 @@ from .cancel import CancelToken
 from .ensure import ensure, ensure_async
 from .errors import (
     CacheMissError,
+    CacheStorageError,
     CancelledError,
     CorruptCacheError,
+    DiskFullError,
     DownloadError,
     InsecureRedirectError,
     IntegrityError,
     InvalidSourceError,
     LockTimeoutError,
     ModelFetchError,
+    ReadOnlyCacheError,
 )
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEvent
@@ -24,9 +27,11 @@ __all__ = [
     "CacheEntry",
     "CacheMissError",
     "CachePolicy",
+    "CacheStorageError",
     "CancelToken",
     "CancelledError",
     "CorruptCacheError",
+    "DiskFullError",
     "DownloadError",
     "EnsureOptions",
     "InsecureRedirectError",
@@ -37,6 +42,7 @@ __all__ = [
     "ModelSource",
     "ProgressEvent",
     "PruneReport",
+    "ReadOnlyCacheError",
     "VerifyResult",
     "__version__",
     "default_cache_dir",

@@ -358,7 +358,11 @@ class Cache:
         with self._writing(directory):
             remove_any(directory / METADATA_NAME)
             remove_any(file_path)  # for a symlink this removes the link, never its target
-        fsync_dir(directory)
+        try:
+            directory.rmdir()  # only when nothing is left (a resumable part stays)
+            fsync_dir(directory.parent)
+        except OSError:
+            fsync_dir(directory)
 
     @staticmethod
     def _restamp(directory: Path, file_path: Path, meta: EntryMetadata) -> EntryMetadata:
@@ -626,8 +630,8 @@ class Cache:
     def verify(self, ref: str | ModelSource | None = None) -> builtins.list[VerifyResult]:
         """Re-hash entries fully; delete any whose bytes disagree with their sidecar."""
         self.layout.writable()
-        if ref is None:
-            targets = list(self._entry_dirs())
+        if ref is None:  # a directory holding only a partial download is not an entry
+            targets = [d for d in self._entry_dirs() if self._has_content(d)]
         else:
             targets = [e.directory for e in self.find(ref)]
         return [self._verify_dir(directory) for directory in targets]

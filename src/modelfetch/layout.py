@@ -54,6 +54,9 @@ class Layout:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Plain strings: check() runs on every cache hit, and Path joins cost microseconds.
+        self._root_str = str(root)
+        self._dir_strs = [(name, os.path.join(self._root_str, name)) for name in LAYOUT_DIRS]
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -65,7 +68,7 @@ class Layout:
         the lock-free cache hit included.
         """
         try:
-            st = os.stat(self.root)
+            st = os.stat(self._root_str)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -76,20 +79,20 @@ class Layout:
             raise CorruptCacheError(
                 f"cache root {self.root} is not a directory; choose another --cache-dir"
             )
-        for name in LAYOUT_DIRS:
-            self._check_dir(name)
+        for name, path in self._dir_strs:
+            self._check_dir(name, path)
         return True
 
-    def _check_dir(self, name: str) -> bool:
-        path = self.root / name
+    def _check_dir(self, name: str, path_str: str | None = None) -> bool:
         try:
-            st = os.lstat(path)
+            st = os.lstat(path_str or os.path.join(self._root_str, name))
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise CacheStorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+            raise CacheStorageError(f"cannot read {self.root / name}: {exc.strerror}") from None
         if stat.S_ISDIR(st.st_mode):
             return True
+        path = self.root / name
         raise CorruptCacheError(
             f"cache root {self.root} is unsafe: {path} is {describe_type(st.st_mode)}, not a "
             "directory, and modelfetch never works through it; move it away (to keep the "

@@ -35,6 +35,7 @@ from .cache import Cache, CacheEntry
 from .ensure import ensure
 from .errors import CacheMissError, DownloadError, InvalidSourceError, ModelFetchError
 from .options import CachePolicy, EnsureOptions
+from .redact import printable
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch.mirror")
@@ -176,6 +177,8 @@ class MirrorServer:
                     return self._text(404, "unknown route\n", head)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
+                except ModelFetchError as exc:  # e.g. a cache root refused as unsafe
+                    return self._text(500, f"{printable(str(exc))}\n", head)
 
             def _resolve(self, parts: list[str], head: bool) -> None:
                 try:
