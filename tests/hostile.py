@@ -57,10 +57,14 @@ class World:
         return snapshot(self.tmp, skip=self.root)
 
 
-def run_cli(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    root: Path, *args: str, timeout: float = 60, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``modelfetch --cache-dir root args...`` as a subprocess (``prefix`` runs it under
+    another program, e.g. setpriv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFETCH_", "HF_"))}
     return subprocess.run(
-        [sys.executable, "-m", "modelfetch", "--cache-dir", str(root), *args],
+        [*prefix, sys.executable, "-m", "modelfetch", "--cache-dir", str(root), *args],
         capture_output=True,
         text=True,
         errors="surrogateescape",

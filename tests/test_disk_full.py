@@ -290,3 +290,56 @@ def test_read_only_root_through_the_api(tmpfs: Path, server: FaultServer) -> Non
     ):
         with pytest.raises(ReadOnlyCacheError, match="is read-only"):
             call()
+
+
+# Root without the capabilities that let it ignore file modes: the cache's modes apply.
+_NO_OVERRIDE = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--")
+
+UNWRITABLE_COMMANDS = [
+    (["get", "{url}", "-q"], 0, ""),
+    (["get", "{stale}", "-q"], 0, ""),
+    (["get", "{other}", "-q"], 1, "is not writable (Permission denied)"),
+    (["ls"], 0, ""),
+    (["verify"], 1, "is not writable (Permission denied)"),
+    (["clear", "--yes"], 1, "is not writable (Permission denied)"),
+]
+
+
+@pytest.mark.parametrize("args, rc, text", UNWRITABLE_COMMANDS, ids=lambda a: str(a))
+def test_root_not_writable_by_this_user(
+    tmp_path: Path, server: FaultServer, args: list[str], rc: int, text: str
+) -> None:
+    """A shared cache someone else populated: its modes forbid writing (EACCES, not EROFS)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop the capability that ignores file modes")
+    world = _world(tmp_path / "shared", tmp_path, server)
+    stale = server.add("/full/stale.gguf", Resource(BLOB))
+    stale_path = ensure(stale, EnsureOptions(cache_dir=world.root)).path
+    other = server.add("/full/other.gguf", Resource(BLOB[::-1]))
+    _chmod_files(world.root, 0o444)  # changes the files' ctime: stamps are refreshed next
+    for src in (world.url, stale):
+        assert Cache(world.root).get(src) is not None
+    for sidecar in world.root.glob("entries/*/metadata.json"):  # rewritten by get()
+        os.chmod(sidecar, 0o444)  # (the model files keep the ctime their stamps record)
+    os.utime(stale_path)  # this one must be re-hashed by the read-only lookup
+    for dirpath, _dirs, _files in os.walk(world.root):
+        os.chmod(dirpath, 0o555)
+    try:
+        argv = [a.format(url=world.url, stale=stale, other=other) for a in args]
+        before = world.snapshot()
+        proc = run_cli(world.root, *argv, prefix=_NO_OVERRIDE)
+        if "setpriv" in proc.stderr and proc.returncode != 0 and "Traceback" not in proc.stderr:
+            pytest.skip(f"setpriv refused: {proc.stderr.strip()[:200]}")
+        check_run(world, proc, before, argv)
+        assert proc.returncode == rc, proc.stderr
+        if rc:
+            assert text in proc.stderr
+    finally:
+        for dirpath, _dirs, _files in os.walk(world.root):
+            os.chmod(dirpath, 0o755)
+
+
+def _chmod_files(root: Path, mode: int) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            os.chmod(Path(dirpath) / name, mode)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -87,6 +88,11 @@ def locks_is_fifo(w: World) -> None:
 def root_is_file(w: World) -> None:
     os.rename(w.root, w.outside / "old-root")
     w.root.write_text("not a directory")
+
+
+def root_symlink_loop(w: World) -> None:
+    os.rename(w.root, w.outside / "old-root")
+    w.root.symlink_to(w.root)
 
 
 # -- repaired inside the root: our file names holding the wrong type ---------------------
@@ -194,6 +200,31 @@ def lock_fifo(w: World) -> None:
     _needs_lock(w)
 
 
+def _mknod_zero(path: Path) -> None:
+    """A character device like /dev/zero (reading it would never end)."""
+    path.unlink(missing_ok=True)
+    try:
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    except (PermissionError, OSError) as exc:
+        pytest.skip(f"cannot create a device node here: {exc.strerror}")
+
+
+def model_device(w: World) -> None:
+    _mknod_zero(w.model)
+
+
+def device_nodes(w: World) -> None:
+    """Device nodes at the sidecar, part, part state and lock file names."""
+    for path in (
+        w.sidecar,
+        w.entry_dir / "model.gguf.part",
+        w.entry_dir / "model.gguf.part.json",
+        w.lock_file,
+    ):
+        _mknod_zero(path)
+    _needs_lock(w)
+
+
 # -- lying sidecars ------------------------------------------------------------------------
 def _edit_sidecar(w: World, **changes: object) -> None:
     doc = json.loads(w.sidecar.read_text())
@@ -227,6 +258,7 @@ REFUSED: list[Callable[[World], None]] = [
     entries_is_file,
     locks_is_fifo,
     root_is_file,
+    root_symlink_loop,
 ]
 REPAIRED: list[Callable[[World], None]] = [
     tag_dangling_symlink,
@@ -246,6 +278,8 @@ REPAIRED: list[Callable[[World], None]] = [
     lock_dangling_symlink,
     lock_dir,
     lock_fifo,
+    model_device,
+    device_nodes,
     sidecar_bytes_lie,
     sidecar_foreign,
     sidecar_control_chars,
@@ -279,7 +313,7 @@ def test_unsafe_root_is_refused_by_every_command(
     scenario(world)
     _, rc, stderr = _run(world, command)
     assert rc == 1
-    assert "is unsafe" in stderr or "is not a directory" in stderr
+    assert any(t in stderr for t in ("is unsafe", "is not a directory", "cannot be resolved"))
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -369,3 +403,13 @@ def test_shard_name_decoding_to_a_path_is_refused(server: FaultServer, tmp_path:
     assert "Traceback" not in proc.stderr
     assert not any(p.name.startswith("escape") for p in tmp_path.rglob("*"))
     assert server.log == []
+
+
+def test_server_text_in_an_error_is_escaped(server: FaultServer, tmp_path: Path) -> None:
+    """A redirect's Location is the server's text; it ends up in the error line."""
+    target = "http://127.0.0.1:1/\x1b]0;owned\x07\x1b[2Jx.gguf"
+    url = server.add("/odd/redirect.gguf", Resource(b"", redirect_to=target))
+    proc = run_cli(tmp_path / "c", "get", url, "--retries", "0")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "\x1b" not in line and "\\x1b]0;owned\\x07" in line

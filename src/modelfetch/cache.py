@@ -32,7 +32,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import CacheStorageError, IntegrityError, ReadOnlyCacheError, storage_error
+from .errors import (
+    CacheStorageError,
+    CorruptCacheError,
+    IntegrityError,
+    ReadOnlyCacheError,
+    storage_error,
+)
 from .fsutil import (
     clear_squatter,
     fsync_dir,
@@ -173,7 +179,10 @@ class Cache:
         base = Path(root).expanduser() if root is not None else default_cache_dir()
         # Resolve once: a root that is itself a symlink (cache on another disk) is fine;
         # symlinks *inside* the root are never followed (layout.py).
-        self.root = base.resolve()
+        try:
+            self.root = base.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (< 3.13)
+            raise CorruptCacheError(f"cache root {base} cannot be resolved: {exc}") from None
         self.layout = Layout(self.root)
         self.entries_dir = self.layout.path(ENTRIES)
         self.transient_dir = self.layout.path(TRANSIENT)

@@ -84,8 +84,9 @@ def storage_error(
             "command again (a partial download is kept and resumed where that is safe)"
         )
     if exc.errno in _READ_ONLY:
+        state = "read-only" if exc.errno == errno.EROFS else "not writable"
         return ReadOnlyCacheError(
-            f"cache root {root or where} is read-only ({reason}): cached files can be read, but "
+            f"cache root {root or where} is {state} ({reason}): cached files can be read, but "
             "nothing can be downloaded, refreshed, verified or removed there; use a writable "
             "--cache-dir (or MODELFETCH_CACHE_DIR)"
         )
