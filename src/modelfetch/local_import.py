@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -75,6 +76,9 @@ def import_local_file(
 def _write_all(fd: int, data: memoryview, part: Path) -> None:
     try:
         while data:
-            data = data[os.write(fd, data) :]
+            written = os.write(fd, data)
+            if written <= 0:  # never for a regular file; refuse to spin if it happens
+                raise OSError(errno.EIO, "write made no progress", str(part))
+            data = data[written:]
     except OSError as exc:
         raise storage_error(exc, part) from None
