@@ -2,8 +2,10 @@
 
 It serves bytes with ETag/Last-Modified, single Range requests, If-Range and If-None-Match,
 and can fail on purpose: status codes with Retry-After, dropped connections mid-body,
-ignoring Range, a wrong Content-Range, 416, redirects, slow bodies. Every request is logged
-with its headers so tests can assert what went over the wire.
+ignoring Range, a wrong Content-Range, 416, redirects, slow bodies, bodies that drip a byte at
+a time or stall (before the headers or mid-body), 206 answers without the ETag, a file that
+changes on the origin after a number of requests, and answers held back until a test says so.
+Every request is logged with its headers so tests can assert what went over the wire.
 """
 
 from __future__ import annotations
@@ -43,6 +45,18 @@ class Resource:
     stall_range_at: int | None = None  # the first range request starting here hangs
     stalled: bool = False
     content_length: bool = True  # False: no Content-Length, the body ends when we close
+    stall_headers: bool = False  # read the request, never answer (until the server stops)
+    stall_after: int | None = None  # send this many body bytes, then go silent
+    drip_after: int | None = None  # send this many body bytes, then one byte per drip_interval
+    drip_interval: float = 0.1
+    omit_etag_in_206: bool = False  # a proxy that drops ETag from partial answers
+    # The file changes on the origin once this many GETs have arrived (to next_data).
+    change_after: int | None = None
+    next_data: bytes | None = None
+    gets: int = 0
+    # Hold the headers of a range request starting at headers_gate_at until the event is set.
+    headers_gate: threading.Event | None = None
+    headers_gate_at: int | None = None
 
     def __post_init__(self) -> None:
         # None means "make one up"; "" means "send none".
@@ -101,11 +115,21 @@ class FaultServer:
                         if res and res.drop_after and not head and status is None
                         else None
                     )
+                    if res is not None and not head:
+                        res.gets += 1
+                        if res.change_after is not None and res.gets > res.change_after:
+                            assert res.next_data is not None
+                            res.replace_data(res.next_data)
+                            res.change_after = None
                 if res is None:
                     return self._simple(404, b"not found")
                 if status is not None:
                     extra = {"Retry-After": res.retry_after} if res.retry_after else {}
                     return self._simple(status, b"injected failure", extra)
+                if res.stall_headers:
+                    server.closing.wait(timeout=60)  # an origin that accepted and went silent
+                    self.close_connection = True
+                    return
                 if res.redirect_to is not None:
                     return self._simple(
                         res.redirect_status, b"", {"Location": res.redirect_to, **res.headers}
@@ -133,6 +157,8 @@ class FaultServer:
                         end = min(end, len(data) - 1)
                         code = 206
                 body = data[start : end + 1]
+                if code == 206 and res.headers_gate is not None and start == res.headers_gate_at:
+                    res.headers_gate.wait(timeout=30)
                 self.send_response(code)
                 if res.content_length:
                     self.send_header("Content-Length", str(len(body)))
@@ -144,7 +170,7 @@ class FaultServer:
                     self.send_header("Accept-Ranges", "bytes")
                 for name, value in res.headers.items():
                     self.send_header(name, value)
-                if res.etag:
+                if res.etag and not (code == 206 and res.omit_etag_in_206):
                     self.send_header("ETag", res.etag)
                 if res.last_modified:
                     self.send_header("Last-Modified", res.last_modified)
@@ -162,6 +188,8 @@ class FaultServer:
                     return
                 sent = 0
                 try:
+                    if res.stall_after is not None or res.drip_after is not None:
+                        return self._slow_body(res, body)
                     for i in range(0, len(body), res.chunk):
                         piece = body[i : i + res.chunk]
                         if drop is not None and sent + len(piece) > drop:
@@ -177,6 +205,22 @@ class FaultServer:
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     self.close_connection = True
 
+            def _slow_body(self, res: Resource, body: bytes) -> None:
+                """Send the head of the body at once, then stall or drip the rest."""
+                head = res.stall_after if res.stall_after is not None else res.drip_after
+                assert head is not None
+                self.wfile.write(body[:head])
+                self.wfile.flush()
+                if res.stall_after is not None:
+                    server.closing.wait(timeout=60)
+                else:
+                    for i in range(head, len(body)):
+                        if server.closing.wait(timeout=res.drip_interval):
+                            break
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                self.close_connection = True
+
             def _simple(
                 self, code: int, body: bytes, headers: dict[str, str] | None = None
             ) -> None:
@@ -188,7 +232,13 @@ class FaultServer:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # a real listen backlog: tests open many connections
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # clients that hang up (cancel tests do) are not news
+
+        self.httpd = Server((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.scheme = "http"
         if tls is not None:

@@ -21,7 +21,9 @@ PLAN = ResumePlan(400, {"Range": "bytes=400-", "If-Range": '"v1"'}, STATE)
     "content_range, length, etag, decision",
     [
         ("bytes 400-999/1000", "600", '"v1"', "append"),
-        ("bytes 400-999/*", "600", None, "append"),
+        ("bytes 400-999/*", "600", '"v1"', "append"),
+        ("bytes 400-999/1000", "600", None, "restart"),  # 206 without the recorded ETag
+        ("bytes 400-999/1000", "600", 'W/"v1"', "restart"),  # weak is not the strong tag
         ("bytes 401-999/1000", "599", '"v1"', "restart"),  # wrong start
         ("bytes 400-998/1000", "599", '"v1"', "restart"),  # stops short of the end
         ("bytes 400-1999/2000", "1600", '"v1"', "restart"),  # size changed

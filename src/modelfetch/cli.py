@@ -7,10 +7,13 @@ hit itself and hands everything else to ``main`` here.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -28,6 +31,8 @@ _SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgtp]?)(i?b?)\s*$", re.IG
 _DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_STOP_GRACE = 10.0  # after Ctrl-C, how long the download may take to save its part
+T = TypeVar("T")
 
 
 def parse_size(text: str) -> int:
@@ -44,6 +49,49 @@ def parse_duration(text: str) -> float:
     if not match:
         raise click.BadParameter(f"{text[:40]!r} is not a duration like 30d, 12h or 3600")
     return float(match.group(1)) * _SECONDS[match.group(2).lower()]
+
+
+def run_interruptibly(work: Callable[[], T], cancel: CancelToken) -> T:
+    """Run ``work`` in a worker thread so that Ctrl-C reaches us at once, wherever the
+    download is blocked, and fires ``cancel`` right away: the download stops within a
+    moment, keeping its part for a resume. A second Ctrl-C stops waiting for it."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="modelfetch-get", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        cancel.cancel()
+        deadline = time.monotonic() + _STOP_GRACE
+        try:
+            while worker.is_alive() and time.monotonic() < deadline:
+                worker.join(0.1)
+        except KeyboardInterrupt:
+            pass
+        raise
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+def _size_option(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    return parse_size(value)
+
+
+def _seconds_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise click.BadParameter("must be more than 0 seconds")
+    return seconds
 
 
 def human_bytes(n: int) -> str:
@@ -187,6 +235,23 @@ def main(ctx: click.Context, cache_dir: str | None) -> None:
     help="Endpoint URL of an S3-compatible store for --remote.",
 )
 @click.option("--no-shards", is_flag=True, help="Fetch only the named shard of a split GGUF.")
+@click.option(
+    "--low-speed-limit",
+    callback=_size_option,
+    metavar="BYTES",
+    default="1K",
+    show_default=True,
+    help="Bytes per second (e.g. 1K, 512) below which, sustained for --low-speed-time, a "
+    "transfer is aborted and retried; 0 turns this off (curl's --speed-limit).",
+)
+@click.option(
+    "--low-speed-time",
+    callback=_seconds_option,
+    metavar="SECONDS",
+    default="30",
+    show_default=True,
+    help="Seconds (or 2m) the transfer may stay below --low-speed-limit (curl's --speed-time).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
@@ -203,6 +268,8 @@ def get(
     remote: str | None,
     remote_endpoint: str | None,
     no_shards: bool,
+    low_speed_limit: int,
+    low_speed_time: float,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -233,12 +300,13 @@ def get(
             remote=remote or None,
             remote_endpoint=remote_endpoint or None,
             shards=not no_shards,
+            low_speed_limit=low_speed_limit,
+            low_speed_time=low_speed_time,
             cancel=cancel,
             progress=printer,
         )
-        entry = ensure(source, options)
+        entry = run_interruptibly(lambda: ensure(source, options), cancel)
     except KeyboardInterrupt:
-        cancel.cancel()
         printer.close()
         click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
@@ -380,6 +448,12 @@ def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
 )
 @click.option("--offline", is_flag=True, help="Serve only what is cached; never pull.")
 @click.option("--remote", envvar="MODELFETCH_REMOTE", help="Shared tier s3://bucket/prefix.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log to stderr: -v one line per request, -vv debug (query strings are redacted).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -388,9 +462,17 @@ def serve(
     upstream: str | None,
     offline: bool,
     remote: str | None,
+    verbose: int,
 ) -> None:
     """Serve the cache over HTTP, with a Hugging Face compatible resolve route."""
     from .mirror import MirrorServer
+
+    if verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
 
     server = MirrorServer(
         ctx.obj.get("cache_dir"),

@@ -7,6 +7,12 @@ the first response keeps streaming segment 0 while the other segments are reques
 going parallel costs no extra round trip. Failures that are worth it are retried around
 whole attempts, and every attempt resumes what the previous one left on disk.
 
+Every answer is checked before a byte of it is stored: the status, the Content-Range asked
+for at request time, the ETag of the first answer on every 206, and no Content-Encoding.
+A restart writes a checkpoint that claims nothing before the part is truncated (resume.py
+explains why). A 200 to a range request whose validators differ from the first answer's
+means the file changed: start over, and probe for ranges again.
+
 Promotion of the finished part into the cache is the cache's job (cache.py), not ours.
 """
 
@@ -25,6 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .cache import CacheEntry
+from .cancel import CancelToken
 from .errors import DownloadError, IntegrityError, storage_error
 from .fsutil import lstat_regular, unlink_quiet
 from .http_client import Response, RetryableError, open_url, origin_of, parse_retry_after
@@ -38,12 +45,15 @@ from .resume import (
     judge_response,
     load_part_state,
     part_paths,
+    partial_mismatch,
     plan_resume,
     save_part_state,
+    validators_changed,
 )
 from .transfer import (
     MIN_SPLIT,
     SPLIT_ALIGN,
+    LowSpeed,
     RangeUnsupported,
     Segment,
     Transfer,
@@ -87,7 +97,15 @@ class FetchResult:
 
 
 class _Restart(Exception):
-    """The partial file cannot be trusted; discard it and start from zero."""
+    """The partial file cannot be trusted; discard it and start from zero.
+
+    ``single_stream``: the server's partial answers cannot be checked (no validator on a
+    206), so the new start uses one stream.
+    """
+
+    def __init__(self, reason: str, single_stream: bool = False) -> None:
+        super().__init__(reason)
+        self.single_stream = single_stream
 
 
 class _Retry(RetryableError):
@@ -180,7 +198,7 @@ class HttpDownloader:
             try:
                 return attempt()
             except (_Restart, RangeUnsupported) as exc:
-                if isinstance(exc, RangeUnsupported):
+                if isinstance(exc, RangeUnsupported) or getattr(exc, "single_stream", False):
                     self.single_only = True
                 restarts += 1
                 discard()
@@ -244,15 +262,17 @@ class HttpDownloader:
                 resp.close()
                 return FetchResult.unchanged(conditional)
             self._check_status(resp)
+            self._check_encoding(resp)
             verdict = judge_response(
                 plan,
                 resp.status,
                 resp.header("Content-Range"),
                 resp.header("Content-Length"),
                 resp.header("ETag"),
+                resp.header("Last-Modified"),
             )
             if verdict.decision == "restart":
-                raise _Restart(verdict.reason)
+                raise _Restart(verdict.reason, verdict.single_stream)
             etag, last_modified = resp.header("ETag"), resp.header("Last-Modified")
             total = verdict.total
             if verdict.decision == "truncate":
@@ -317,8 +337,12 @@ class HttpDownloader:
         plan: ResumePlan,
         connections: int,
     ) -> FetchResult:
+        snapshot = [[s.start, s.end, s.pos] for s in segments]
         try:
             git = self._git_hasher(state.total)
+            # The checkpoint first, then the part: a fresh start truncates the part, so the
+            # old checkpoint (which may claim its bytes) must be gone before that happens.
+            save_part_state(state_path, state.with_segments(snapshot))
             fd = self._open_part(part, state.total if fresh else None, fresh)
         except BaseException:
             if first is not None:
@@ -326,8 +350,6 @@ class HttpDownloader:
             raise
         direct_fd = open_direct(part) if USE_DIRECT_IO else None
         try:
-            snapshot = [[s.start, s.end, s.pos] for s in segments]
-            save_part_state(state_path, state.with_segments(snapshot))
             if first is not None:
                 self.emit.emit("start", contiguous_frontier(segments), state.total)
             transfer = Transfer(
@@ -335,7 +357,9 @@ class HttpDownloader:
                 segments,
                 state.total,
                 direct_fd=direct_fd,
-                open_segment=lambda seg: self._open_segment(segment_url, state, seg),
+                open_segment=lambda start, end, stop: self._open_segment(
+                    segment_url, state, start, end, stop
+                ),
                 persist=lambda snap: save_part_state(state_path, state.with_segments(snap)),
                 on_bytes=self.emit.bytes,
                 cancel=self.opts.cancel,
@@ -346,6 +370,7 @@ class HttpDownloader:
                     else self.opts.parallel_below_mbps * 1e6
                 ),
                 also_hash=git,
+                low_speed=LowSpeed(self.opts.low_speed_limit, self.opts.low_speed_time),
             )
             digest, size = transfer.run(first)
         finally:
@@ -384,21 +409,23 @@ class HttpDownloader:
         return hashlib.sha1(b"blob %d\x00" % total, usedforsecurity=False)
 
     # -- helpers ------------------------------------------------------------------------------
-    def _request(self, url: str, headers: dict[str, str]) -> Response:
+    def _request(
+        self, url: str, headers: dict[str, str], cancel: CancelToken | None = None
+    ) -> Response:
         """Send one request; if a link ``self.url`` redirected to is refused (401/403/410:
         a presigned URL that expired, as Hugging Face's CDN links do after an hour), ask
         ``self.url`` once more for a fresh link instead of failing."""
         with self._link_lock:
             if url != self.url and self._link is not None:
                 url = self._link  # another request may have refreshed it meanwhile
-        resp = self._open(url, headers)
+        resp = self._open(url, headers, cancel)
         if resp.status not in LINK_REFUSED or origin_of(resp.url) == origin_of(self.url):
             return resp
         fresh = self._fresh_link(resp.url)
         if fresh is None:
             return resp  # out of refreshes: the caller reports the refusal
         resp.close()
-        return self._open(fresh, headers)
+        return self._open(fresh, headers, cancel)
 
     def _fresh_link(self, refused: str) -> str | None:
         """A link to use instead of ``refused``: one another connection just got, or a new
@@ -418,6 +445,7 @@ class HttpDownloader:
                 connect_timeout=self.opts.connect_timeout,
                 read_timeout=self.opts.read_timeout,
                 follow_cross_origin=False,
+                cancel=self.opts.cancel,
             )
             probe.close()  # only its Location matters
             location = probe.header("Location")
@@ -432,7 +460,9 @@ class HttpDownloader:
                 self._link = target
             return target
 
-    def _open(self, url: str, headers: dict[str, str]) -> Response:
+    def _open(
+        self, url: str, headers: dict[str, str], cancel: CancelToken | None = None
+    ) -> Response:
         same_origin = origin_of(url) == origin_of(self.url)
         resp = open_url(
             url,
@@ -440,6 +470,7 @@ class HttpDownloader:
             credentials=self.credentials if same_origin else {},
             connect_timeout=self.opts.connect_timeout,
             read_timeout=self.opts.read_timeout,
+            cancel=cancel or self.opts.cancel,
         )
         if resp.status < 300 and origin_of(resp.url) != origin_of(self.url):
             with self._link_lock:
@@ -459,6 +490,17 @@ class HttpDownloader:
             )
         raise status_error(resp.status, self.display, resp.header("Retry-After"))
 
+    def _check_encoding(self, resp: Response) -> None:
+        """We ask for ``Accept-Encoding: identity``; a compressed body is not the file."""
+        coding = (resp.header("Content-Encoding") or "").strip().lower()
+        if coding and coding != "identity":
+            shown = "".join(c for c in coding[:40] if c.isprintable())
+            raise DownloadError(
+                f"{self.display} was sent with Content-Encoding: {shown}, which was not asked "
+                "for; refusing to store encoded bytes as the file (a server or proxy "
+                "compresses it: serve it as identity)"
+            )
+
     def _parallel_eligible(self, resp: Response, state: PartState, total: int | None) -> bool:
         if self.single_only or total is None or total < PARALLEL_MIN_BYTES:
             return False
@@ -467,26 +509,35 @@ class HttpDownloader:
         # Pieces from different versions of a file must never be stitched together.
         return state.if_range() is not None or self.opts.sha256 is not None
 
-    def _open_segment(self, url: str, state: PartState, seg: Segment) -> Response:
-        # What we ask for is what we check the answer against: work stealing may move
-        # seg.end while the request is out (longer when a link has to be refreshed).
-        start, end = seg.pos, seg.end
-        assert end is not None
+    def _open_segment(
+        self, url: str, state: PartState, start: int, end: int, stop: CancelToken
+    ) -> Response:
+        """Request bytes [start, end) and check the answer against exactly that request."""
         headers = {"Range": f"bytes={start}-{end - 1}"}
         validator = state.if_range()
         if validator is not None:
             headers["If-Range"] = validator
-        resp = self._request(url, headers)
+        resp = self._request(url, headers, stop)
         try:
             self._check_status(resp)
+            self._check_encoding(resp)
+            etag, last_modified = resp.header("ETag"), resp.header("Last-Modified")
             if resp.status == 200:
+                if validators_changed(state, etag, last_modified):
+                    # If-Range did its job: this is a new version. Start over, in parallel.
+                    raise _Restart("the file changed on the server")
                 raise RangeUnsupported("the server sent the whole file for a range request")
             expected_range = f"bytes {start}-{end - 1}/{state.total}"
-            if resp.status != 206 or (resp.header("Content-Range") or "") != expected_range:
+            length = (resp.header("Content-Length") or "").strip()
+            if (
+                resp.status != 206
+                or (resp.header("Content-Range") or "").strip() != expected_range
+                or (length and length != str(end - start))
+            ):
                 raise _Restart(f"unexpected answer to a segment request ({resp.status})")
-            etag = resp.header("ETag")
-            if state.etag and etag and etag != state.etag:
-                raise _Restart("ETag changed on the server")
+            mismatch = partial_mismatch(state, etag, last_modified)
+            if mismatch is not None:
+                raise _Restart(mismatch[0], single_stream=mismatch[1])
         except BaseException:
             resp.close()
             raise

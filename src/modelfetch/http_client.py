@@ -4,6 +4,10 @@ urllib3 can follow redirects itself, but its rule for dropping headers is a fixe
 (Authorization, Cookie, Proxy-Authorization) and it follows https->http. We need every
 caller-supplied header treated as a credential, scoped to the origin that was asked, and no
 downgrade, so redirects are followed here, one hop at a time.
+
+A request can be cancelled while it waits for the server's answer: the pool's connections
+let the thread that is waiting on them be found, and a cancel shuts their socket down
+(closing a socket does not wake a thread blocked in ``recv()``; shutting it down does).
 """
 
 from __future__ import annotations
@@ -15,24 +19,97 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from urllib3.exceptions import SSLError
 
 from ._version import __version__
-from .errors import DownloadError, InsecureRedirectError
+from .cancel import CancelToken
+from .errors import CancelledError, DownloadError, InsecureRedirectError
 from .redact import install_log_redaction, redact_url
 
 MAX_REDIRECTS = 10
 install_log_redaction()
 USER_AGENT = f"modelfetch/{__version__}"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_T = TypeVar("_T")
+# Characters a URL may hold as they are (RFC 3986 reserved + unreserved, and '%').
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
 
 _pool_lock = threading.Lock()
 _pool: urllib3.PoolManager | None = None
+_waiting = threading.local()  # .watch: the _Watch of the request this thread is sending
+
+
+def shutdown_socket(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected
+
+
+class _Watch:
+    """The connection one request is waiting on, so a cancel from another thread can
+    unblock it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: HTTPConnection | None = None
+        self.fired = False
+
+    def attach(self, conn: HTTPConnection) -> None:
+        with self._lock:
+            self._conn = conn
+            fired = self.fired
+        if fired:
+            shutdown_socket(conn.sock)
+
+    def detach(self) -> None:
+        with self._lock:
+            self._conn = None
+
+    def fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            conn = self._conn
+        if conn is not None:
+            shutdown_socket(conn.sock)
+
+
+def _watched_getresponse(conn: HTTPConnection, original: Callable[[], _T]) -> _T:
+    watch: _Watch | None = getattr(_waiting, "watch", None)
+    if watch is None:
+        return original()
+    watch.attach(conn)
+    try:
+        return original()
+    finally:
+        watch.detach()
+
+
+class _Connection(HTTPConnection):
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        return _watched_getresponse(self, super().getresponse)
+
+
+class _TlsConnection(HTTPSConnection):
+    def getresponse(self) -> urllib3.HTTPResponse:  # type: ignore[override]
+        return _watched_getresponse(self, super().getresponse)
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TlsPool(HTTPSConnectionPool):
+    ConnectionCls = _TlsConnection
 
 
 def pool() -> urllib3.PoolManager:
@@ -40,15 +117,40 @@ def pool() -> urllib3.PoolManager:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = urllib3.PoolManager(num_pools=32, maxsize=16, retries=False)
+            manager = urllib3.PoolManager(num_pools=32, maxsize=16, retries=False)
+            manager.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
+            _pool = manager
         return _pool
 
 
 def origin_of(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port); raises ValueError for a malformed URL (bad port or brackets)."""
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "https" else 80)
     return scheme, (parts.hostname or "").lower(), port
+
+
+def redirect_target(current: str, location: str, status: int) -> str:
+    """The absolute URL a redirect points to; DownloadError if its Location is malformed."""
+    # Sloppy servers send raw spaces or bytes above ASCII; send them percent-encoded (as
+    # curl does) rather than fail later inside http.client.
+    cleaned = urllib.parse.quote(location.strip(), safe=_URL_SAFE, encoding="latin-1")
+    try:
+        target = urllib.parse.urljoin(current, cleaned)
+        parts = urllib.parse.urlsplit(target)
+        valid = parts.scheme.lower() not in ("http", "https") or (
+            bool(parts.hostname) and (parts.port is None or parts.port > 0)
+        )
+    except (ValueError, UnicodeError):
+        valid = False
+    if not valid:
+        raise DownloadError(
+            f"redirect {status} from {redact_url(current)} has a malformed Location header "
+            "(bad host, port or brackets); the server is misconfigured",
+            status=status,
+        )
+    return target
 
 
 def split_userinfo(url: str) -> tuple[str, dict[str, str]]:
@@ -128,12 +230,7 @@ class Response:
         Closing a socket does not wake a thread blocked in recv(); shutting it down does.
         """
         conn = getattr(self.raw, "connection", None)
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_socket(getattr(conn, "sock", None))
 
     def close(self) -> None:
         # Bodies are read around urllib3's bookkeeping, so never hand the connection back
@@ -151,42 +248,34 @@ def open_url(
     read_timeout: float,
     method: str = "GET",
     follow_cross_origin: bool = True,
+    cancel: CancelToken | None = None,
 ) -> Response:
     """Send a request and follow redirects; return the first non-redirect response.
 
     ``credentials`` are sent only while the request goes to the origin of ``url``. A
     redirect from https to http is refused. Transport failures become RetryableError; TLS
-    failures become DownloadError (retrying would not fix a bad certificate).
+    failures become DownloadError (retrying would not fix a bad certificate). ``cancel``
+    interrupts the wait for an answer at once (CancelledError); a connection attempt that
+    hangs is bounded by ``connect_timeout``.
     """
     url, userinfo_creds = split_userinfo(url)
     creds = {**userinfo_creds, **credentials}
-    asked_origin = origin_of(url)
+    try:
+        asked_origin = origin_of(url)
+    except ValueError:
+        raise DownloadError(f"malformed URL {redact_url(url)} (bad port or brackets)") from None
     timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
         send = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
         if origin_of(current) == asked_origin:
             send.update(creds)
-        try:
-            raw = pool().request(
-                method,
-                current,
-                headers=send,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                decode_content=False,
-                timeout=timeout,
-            )
-        except SSLError as exc:
-            raise DownloadError(f"TLS error talking to {redact_url(current)}: {exc}") from None
-        except Urllib3HTTPError as exc:
-            raise RetryableError(f"{type(exc).__name__} for {redact_url(current)}") from None
+        raw = _send(method, current, send, timeout, cancel)
         if raw.status not in _REDIRECTS:
             return Response(raw, current)
         location = raw.headers.get("Location")
         if not follow_cross_origin and location:
-            target = urllib.parse.urljoin(current, location.strip())
+            target = redirect_target(current, location, raw.status)
             if origin_of(target) != asked_origin:
                 return Response(raw, current)  # the caller wants this redirect's headers
         raw.close()  # never drain a redirect body: a hostile server could make it endless
@@ -195,7 +284,7 @@ def open_url(
                 f"redirect {raw.status} without Location from {redact_url(current)}",
                 status=raw.status,
             )
-        target = urllib.parse.urljoin(current, location.strip())
+        target = redirect_target(current, location, raw.status)
         scheme = urllib.parse.urlsplit(target).scheme.lower()
         if scheme not in ("http", "https"):
             raise InsecureRedirectError(f"refusing redirect to a {scheme[:10]!r} URL")
@@ -208,3 +297,43 @@ def open_url(
     raise InsecureRedirectError(
         f"more than {MAX_REDIRECTS} redirects starting at {redact_url(url)}"
     )
+
+
+def _send(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    timeout: urllib3.Timeout,
+    cancel: CancelToken | None,
+) -> urllib3.BaseHTTPResponse:
+    """One request, no redirects followed; the wait for its answer can be cancelled."""
+    watch = _Watch()
+    unregister = cancel.on_cancel(watch.fire) if cancel is not None else None
+    _waiting.watch = watch
+    try:
+        if watch.fired:
+            raise CancelledError("cancelled by the caller; partial data is kept for resume")
+        return pool().request(
+            method,
+            url,
+            headers=headers,
+            redirect=False,
+            retries=False,
+            preload_content=False,
+            decode_content=False,
+            timeout=timeout,
+        )
+    except SSLError as exc:
+        if watch.fired:
+            raise CancelledError("cancelled by the caller") from None
+        raise DownloadError(f"TLS error talking to {redact_url(url)}: {exc}") from None
+    except Urllib3HTTPError as exc:
+        if watch.fired:
+            raise CancelledError(
+                "cancelled by the caller; partial data is kept for resume"
+            ) from None
+        raise RetryableError(f"{type(exc).__name__} for {redact_url(url)}") from None
+    finally:
+        _waiting.watch = None
+        if unregister is not None:
+            unregister()

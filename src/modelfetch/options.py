@@ -37,7 +37,12 @@ class EnsureOptions:
     retry_backoff: float = 0.5  # first back-off in seconds; doubles each failure, with jitter
     max_backoff: float = 30.0  # also the cap on a server's Retry-After
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = 60.0  # silence on a connection before it counts as failed
+    # Like curl's --speed-limit/--speed-time: a transfer that receives fewer than
+    # low_speed_limit bytes/s over low_speed_time seconds is aborted and retried (each
+    # such abort uses up a retry). 0 turns the check off.
+    low_speed_limit: int = 1024
+    low_speed_time: float = 30.0
     lock_timeout: float | None = None  # None: wait while the holder is alive
     cancel: CancelToken | None = None
     progress: ProgressCallback | None = field(default=None, repr=False)
@@ -79,6 +84,18 @@ class EnsureOptions:
             or self.parallel_below_mbps < 0
         ):
             raise InvalidSourceError("parallel_below_mbps must be None or a finite number >= 0")
+        if (
+            not isinstance(self.low_speed_limit, int)
+            or isinstance(self.low_speed_limit, bool)
+            or not 0 <= self.low_speed_limit <= 2**40
+        ):
+            raise InvalidSourceError("low_speed_limit must be an integer >= 0 (bytes/s)")
+        if (
+            not isinstance(self.low_speed_time, (int, float))
+            or not math.isfinite(self.low_speed_time)
+            or self.low_speed_time <= 0
+        ):
+            raise InvalidSourceError("low_speed_time must be a finite number > 0 (seconds)")
         for name in ("retry_backoff", "max_backoff", "connect_timeout", "read_timeout"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

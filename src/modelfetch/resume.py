@@ -7,10 +7,17 @@ bytes the server will send belong to the same version of the file:
 * a Last-Modified date (sent as ``If-Range``), or
 * a caller-supplied SHA-256, which catches any mix-up at the end.
 
-The server's answer then decides: ``206`` with a matching ``Content-Range`` (and ETag, when
-we know one) appends; ``200`` means the server ignored the range or the file changed, so we
-truncate and take the full body from this same response; ``416`` or a ``206`` that does not
-fit restarts from zero. The ``.part.json`` sidecar holds the validator across processes.
+The server's answer then decides: ``206`` with a matching ``Content-Range`` and the same
+ETag appends (a ``206`` without the ETag we recorded proves nothing: restart); ``200`` means
+the server ignored the range or the file changed, so we truncate and take the full body from
+this same response; ``416`` or a ``206`` that does not fit restarts from zero. The
+``.part.json`` sidecar (the *checkpoint*) holds the validator across processes.
+
+Crash safety rests on one ordering rule: the checkpoint never claims a byte the part does not
+durably hold. Positions are recorded only after an ``fdatasync`` of the part (transfer.py),
+and before a part is truncated or removed its checkpoint is replaced by one that claims
+nothing (or removed), durably, first. A ``kill -9`` at any instant leaves a state that is
+safe to resume.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from .fsutil import atomic_write_bytes, lstat_regular, read_regular_file, unlink_quiet
+from .fsutil import atomic_write_bytes, fsync_dir, lstat_regular, read_regular_file, unlink_quiet
 from .metadata import MAX_VALIDATOR, storable_validator
 from .transfer import Segment, contiguous_frontier, validate_segments
 
@@ -99,8 +106,43 @@ def save_part_state(path: Path, state: PartState) -> None:
 
 
 def discard_part(entry_dir: Path, file_name: str) -> None:
-    for path in part_paths(entry_dir, file_name):
-        unlink_quiet(path)
+    """Remove a part and its checkpoint: the checkpoint first, durably, so a crash in
+    between leaves a part nobody trusts rather than a checkpoint without its bytes."""
+    part, state = part_paths(entry_dir, file_name)
+    if unlink_quiet(state):
+        fsync_dir(entry_dir)
+    unlink_quiet(part)
+
+
+def _opaque(etag: str) -> str:
+    return etag[2:] if etag.startswith("W/") else etag
+
+
+def partial_mismatch(
+    state: PartState, etag: str | None, last_modified: str | None
+) -> tuple[str, bool] | None:
+    """Why a 206 cannot be joined to bytes fetched under ``state``, or None if it can.
+
+    The flag says the server only left the validator out (it proves nothing, but a server
+    that does this will do it again: use one stream). RFC 9110 asks a 206 to carry the
+    ETag a 200 would have; a different one means another version of the file.
+    """
+    if state.etag:
+        if not etag:
+            return "a 206 answer without the ETag of the first one", True
+        strong = not state.etag.startswith("W/")
+        if (etag != state.etag) if strong else (_opaque(etag) != _opaque(state.etag)):
+            return "ETag changed on the server", False
+    if state.last_modified and last_modified and last_modified != state.last_modified:
+        return "Last-Modified changed on the server", False
+    return None
+
+
+def validators_changed(state: PartState, etag: str | None, last_modified: str | None) -> bool:
+    """A 200 carries validators other than those recorded: the file itself changed."""
+    if state.etag and etag and _opaque(etag) != _opaque(state.etag):
+        return True
+    return bool(state.last_modified and last_modified and last_modified != state.last_modified)
 
 
 @dataclass(frozen=True)
@@ -144,6 +186,7 @@ class Verdict:
     offset: int  # where the body's first byte goes
     total: int | None  # full size of the file, if known
     reason: str = ""
+    single_stream: bool = False  # restart with one stream (ranges cannot be trusted here)
 
 
 def judge_response(
@@ -152,6 +195,7 @@ def judge_response(
     content_range: str | None,
     content_length: str | None,
     etag: str | None,
+    last_modified: str | None = None,
 ) -> Verdict:
     """Decide what to do with a 200/206/416 answer to the request ``plan`` produced."""
     length = _parse_length(content_length)
@@ -178,8 +222,9 @@ def judge_response(
         return Verdict("restart", 0, None, "file size changed on the server")
     if length is not None and length != end - start + 1:
         return Verdict("restart", 0, None, "Content-Length disagrees with Content-Range")
-    if plan.state and plan.state.etag and etag and etag != plan.state.etag:
-        return Verdict("restart", 0, None, "ETag changed on the server")
+    mismatch = partial_mismatch(plan.state, etag, last_modified) if plan.state else None
+    if mismatch is not None:
+        return Verdict("restart", 0, None, mismatch[0], single_stream=mismatch[1])
     return Verdict("append", start, total if total is not None else known)
 
 

@@ -13,7 +13,13 @@ and data that arrived out of order is read back with ``pread`` once the frontier
 memory stays bounded whatever the file size.
 
 Every second, and whenever the transfer stops, the segment positions are saved to the part
-sidecar after an ``fdatasync``, so a killed process resumes from what is really on disk.
+sidecar after an ``fdatasync``, so a killed process resumes from what is really on disk. A
+segment's position only ever counts bytes inside its current bounds, so segments never
+overlap, whatever a take-over does meanwhile.
+
+Stopping is prompt: a cancel, a failed worker, a transfer slower than the low-speed limit or
+a KeyboardInterrupt in the coordinator shuts every live socket down (a thread blocked in
+``recv()`` wakes at once), then the workers are joined and positions are saved.
 """
 
 from __future__ import annotations
@@ -64,6 +70,47 @@ class TransferRetry(RetryableError):
     def __init__(self, message: str, progressed: bool) -> None:
         super().__init__(message)
         self.progressed = progressed
+
+
+class LowSpeedError(TransferRetry):
+    """Fewer bytes arrived than the low-speed limit allows: retried, and it always uses up a
+    retry (a server that drips a byte now and then must not hold a download forever)."""
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        super().__init__(
+            f"transfer slower than {limit} bytes/s for {seconds:g} s "
+            "(low_speed_limit/low_speed_time)",
+            progressed=False,
+        )
+
+
+@dataclass(frozen=True)
+class LowSpeed:
+    """curl's --speed-limit/--speed-time: fail when fewer than ``limit`` bytes/s arrive
+    over ``seconds``. A limit of 0 turns the check off."""
+
+    limit: int = 1024
+    seconds: float = 30.0
+
+
+class _SpeedWindow:
+    """Bytes received over the last ``seconds`` (samples are dropped as they age)."""
+
+    def __init__(self, rule: LowSpeed) -> None:
+        self.rule = rule
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def too_slow(self, now: float, received: int) -> bool:
+        if self.rule.limit <= 0:
+            return False
+        self.samples.append((now, received))
+        # Keep the newest sample that is at least `seconds` old as the window's start.
+        while len(self.samples) > 1 and now - self.samples[1][0] >= self.rule.seconds:
+            self.samples.popleft()
+        then, before = self.samples[0]
+        if now - then < self.rule.seconds:
+            return False
+        return (received - before) < self.rule.limit * (now - then)
 
 
 @dataclass
@@ -140,14 +187,18 @@ class Transfer:
         total: int | None,
         *,
         direct_fd: int | None = None,
-        open_segment: Callable[[Segment], Response],
+        open_segment: Callable[[int, int, CancelToken], Response],
         persist: Callable[[list[list[int | None]]], None],
         on_bytes: Callable[[int, int | None], None],
         cancel: CancelToken | None,
         connections: int,
         ramp_below: float | None = None,
         also_hash: hashlib._Hash | None = None,
+        low_speed: LowSpeed | None = None,
     ) -> None:
+        """``open_segment(start, end, stop)`` requests bytes [start, end) and checks the
+        answer against exactly that range (the segment's end may move while it is in
+        flight); ``stop`` fires when the transfer stops, to interrupt the wait."""
         self.fd = fd
         self.direct_fd = direct_fd
         self.segments = segments
@@ -166,15 +217,15 @@ class Transfer:
         self.hasher = hashlib.sha256()
         self.also_hash = also_hash  # a second digest fed the same bytes (a git blob id)
         self.hash_done = False
-        self.abort = False
+        self.abort = False  # workers stop: an error, a cancel, or everything is on disk
+        self.complete = False  # every segment is on disk; later worker errors don't count
         self.error: BaseException | None = None
-        single_start = self.connections == 1 or self.ramp_below is not None
-        self.chunk = SINGLE_STREAM_CHUNK if single_start else PARALLEL_CHUNK
+        self.stop = CancelToken()  # fired with abort: interrupts requests waiting for headers
+        self.low_speed = low_speed or LowSpeed(0)
         # LIFO: the buffer just handed back is reused first, so the pages actually touched
         # (the RSS) stay at what the pipeline needs rather than the whole pool.
         self.pool: queue.LifoQueue[memoryview] = queue.LifoQueue()
         self._maps: list[mmap.mmap] = []
-        self._add_buffers(1 if single_start else self.connections, self.chunk)
         self.initial_done = sum(s.pos - s.start for s in segments)
         self.running = 0
         self.live: dict[int, Response] = {}  # worker thread id -> its open response
@@ -332,29 +383,25 @@ class Transfer:
             pwrite_all(self.fd, buf[aligned:size], offset + aligned)
         else:
             pwrite_all(self.fd, buf[:size], offset)
-        carry = allowed - size
-        nxt: memoryview | None = None
-        if carry:
-            nxt = self._buffer()
-            if nxt is not None:
-                nxt[:carry] = buf[size:allowed]
+        carry = bytes(buf[size:allowed])  # < 4 KiB: the unaligned tail of a direct write
         with self.cond:
-            if seg.pos == offset:  # a stall take-over may have moved on meanwhile
-                seg.pos += size
-            if offset == self.claim:
-                self.hash_queue.append((buf, size))
-                self.claim += size
-                handed = True
-            else:
-                handed = False
+            # A take-over or split may have moved the end while we wrote: count only the
+            # bytes still inside the segment (the new owner fetches the others), so
+            # segments never overlap and the hash frontier always reaches the end.
+            advance = 0
+            if seg.pos == offset:
+                advance = size if seg.end is None else max(0, min(size, seg.end - offset))
+                seg.pos += advance
+            handed = advance > 0 and offset == self.claim
+            if handed:
+                self.hash_queue.append((buf, advance))
+                self.claim += advance
             self.cond.notify_all()
-        if not handed:
-            if nxt is None and not carry:
-                return buf, 0
-            self.pool.put(buf)
-        if nxt is None and not carry:
-            nxt = self._buffer()
-        return nxt, carry if nxt is not None else 0
+        nxt = self._buffer() if handed else buf
+        if nxt is None:
+            return None, 0
+        nxt[: len(carry)] = carry
+        return nxt, len(carry)
 
     def _buffer(self) -> memoryview | None:
         while True:
@@ -366,6 +413,7 @@ class Transfer:
                         return None
 
     def _worker(self, seg: Segment | None, resp: Response | None) -> None:
+        me = threading.get_ident()
         try:
             if seg is None:
                 with self.cond:
@@ -373,20 +421,28 @@ class Transfer:
             while seg is not None:
                 try:
                     if resp is None:
-                        resp = self.open_segment(seg)
-                    with self.cond:
-                        self.live[threading.get_ident()] = resp
-                    self._pump(resp, seg)
+                        with self.cond:
+                            start, end = seg.pos, seg.end
+                        if end is not None and start < end:
+                            resp = self.open_segment(start, end, self.stop)
+                    if resp is not None:
+                        with self.cond:
+                            if self.abort:
+                                return
+                            self.live[me] = resp
+                        self._pump(resp, seg)
                 except TRANSPORT_ERRORS as exc:
                     with self.cond:
-                        taken_over = seg.done
-                    if not taken_over:  # a stalled connection whose work moved on is no error
+                        # A connection shut down because the transfer stopped, or a
+                        # stalled one whose work moved on, is no error of its own.
+                        quiet = self.abort or seg.done
+                    if not quiet:
                         raise TransferRetry(
                             f"connection lost ({type(exc).__name__})", progressed=True
                         ) from None
                 finally:
                     with self.cond:
-                        self.live.pop(threading.get_ident(), None)
+                        self.live.pop(me, None)
                     if resp is not None:
                         resp.close()
                         resp = None
@@ -402,11 +458,7 @@ class Transfer:
         except BaseException as exc:
             if isinstance(exc, OSError) and not isinstance(exc, TRANSPORT_ERRORS):
                 exc = storage_error(exc, "the partial file")
-            with self.cond:
-                if self.error is None:
-                    self.error = exc
-                self.abort = True
-                self.cond.notify_all()
+            self._stop(exc)
         finally:
             if resp is not None:
                 resp.close()
@@ -433,8 +485,8 @@ class Transfer:
                             self.hash_done = True
                             self.cond.notify_all()
                             return
-                        if self.abort:
-                            return
+                        if self.abort and (self.error is not None or not self.complete):
+                            return  # stopped early; a complete transfer is hashed to the end
                         self.cond.wait(0.25)
                 if start < 0:
                     self.hasher.update(buf[:n])
@@ -452,14 +504,10 @@ class Transfer:
                         start += len(data)
                         n -= len(data)
         except BaseException as exc:
-            with self.cond:
-                self.error = self.error or exc
-                self.abort = True
-                self.cond.notify_all()
+            self._stop(exc)
 
     # -- coordinator (the caller's thread) --------------------------------------------------
     def run(self, first: tuple[Segment, Response] | None) -> tuple[str, int]:
-        threads: list[threading.Thread] = []
         hasher = threading.Thread(target=self._hash_loop, name="modelfetch-hash", daemon=True)
         hasher.start()
         with self.cond:
@@ -468,74 +516,51 @@ class Transfer:
                 first[0].active = True
                 first[0].last_progress = time.monotonic()
                 assignments.append(first)
-            start_with = (
-                1 if self.ramp_below is not None and first is not None else self.connections
-            )
+            ramp = self.ramp_below is not None and first is not None
+            start_with = 1 if ramp else self.connections
             while len(assignments) < start_with:
                 seg = self._next_work()
                 if seg is None:
                     break
                 assignments.append((seg, None))
             self.running = len(assignments)
-        for seg, resp in assignments:
-            t = threading.Thread(target=self._worker, args=(seg, resp), daemon=True)
+        chunk = SINGLE_STREAM_CHUNK if start_with == 1 else PARALLEL_CHUNK
+        self._add_buffers(max(1, len(assignments)) + SPARE_BUFFERS, chunk)
+        threads = [
+            threading.Thread(target=self._worker, args=assignment, daemon=True)
+            for assignment in assignments
+        ]
+        for t in threads:
             t.start()
-            threads.append(t)
-        last_persist = started = time.monotonic()
-        ramp_pending = self.ramp_below is not None and first is not None
+        unlink = self.cancel.on_cancel(self._cancelled) if self.cancel is not None else None
+        interrupt: BaseException | None = None
         try:
-            while True:
-                with self.cond:
-                    self.cond.wait(0.1)
-                    running, done = self.running, self._shown_bytes()
-                    finished = running == 0
-                    if running and self.segments and all(s.done for s in self.segments):
-                        # Everything is on disk; only connections whose work was taken
-                        # over are left, possibly stuck in recv(). Wake them up.
-                        self.abort = True
-                        for stuck in self.live.values():
-                            stuck.abort()
-                if self.cancel is not None and self.cancel.cancelled:
-                    self._cancelled()
-                self.on_bytes(done, self.total)
-                if finished:
-                    break
-                elapsed = time.monotonic() - started
-                if ramp_pending and elapsed >= RAMP_SECONDS:
-                    ramp_pending = False
-                    assert self.ramp_below is not None
-                    if (done - self.initial_done) / elapsed < self.ramp_below:
-                        threads.extend(self._spawn_more())
-                self._start_writeback()
-                if time.monotonic() - last_persist >= PERSIST_SECONDS:
-                    try:
-                        self._persist()
-                    except ModelFetchError as exc:  # a full disk: stop the workers too
-                        self._abort(exc)
-                    last_persist = time.monotonic()
+            self._coordinate(threads, ramp)
+        except BaseException as exc:  # KeyboardInterrupt in the caller's thread, mostly
+            interrupt = exc
+            self._stop(exc)
         finally:
-            for t in threads:
-                t.join()
+            if unlink is not None:
+                unlink()
+            interrupt = self._join(threads) or interrupt
         with self.cond:
             if self.error is None and not all(s.done for s in self.segments):
                 self.error = TransferRetry("a segment was left unfinished", progressed=True)
             if self.error is None and self.total is None:
                 self.error = DownloadError("internal error: length unknown after the body ended")
-        if self.error is None:
-            hasher.join()
-        else:
-            with self.cond:
-                self.abort = True
-                self.cond.notify_all()
-            hasher.join()
+        if self.error is not None:
+            self._stop(self.error)
+        hasher.join()
         try:
             self._persist()
         except ModelFetchError:
-            if self.error is None:
+            if self.error is None and interrupt is None:
                 raise  # otherwise the first error is the one to report
+        if interrupt is not None and not isinstance(interrupt, Exception):
+            raise interrupt  # KeyboardInterrupt / SystemExit, after the part is saved
         if self.error is not None:
             error = self.error
-            if isinstance(error, TransferRetry):
+            if isinstance(error, TransferRetry) and not isinstance(error, LowSpeedError):
                 with self.cond:
                     error.progressed = self._done_bytes() > self.initial_done
             raise error
@@ -544,9 +569,57 @@ class Transfer:
         self.on_bytes(self.total, self.total)
         return self.hasher.hexdigest(), self.total
 
-    def _add_buffers(self, workers: int, size: int) -> None:
-        spare = SPARE_BUFFERS if not self._maps else 0
-        for _ in range(workers + spare):
+    def _coordinate(self, threads: list[threading.Thread], ramp_pending: bool) -> None:
+        """Report progress, ramp up, start writeback, checkpoint, watch the speed."""
+        last_persist = started = time.monotonic()
+        speed = _SpeedWindow(self.low_speed)
+        while True:
+            with self.cond:
+                self.cond.wait(0.1)
+                running, done = self.running, self._shown_bytes()
+                everything_on_disk = bool(self.segments) and all(s.done for s in self.segments)
+            if running and everything_on_disk:
+                # Only connections whose work was taken over are left, possibly stuck in
+                # recv() or waiting for headers. Wake them up.
+                self._complete()
+            if self.cancel is not None and self.cancel.cancelled:
+                self._cancelled()
+            self.on_bytes(done, self.total)
+            if running == 0:
+                return
+            now = time.monotonic()
+            if not everything_on_disk and speed.too_slow(now, done):
+                self._stop(LowSpeedError(self.low_speed.limit, self.low_speed.seconds))
+            elapsed = now - started
+            if ramp_pending and elapsed >= RAMP_SECONDS:
+                ramp_pending = False
+                assert self.ramp_below is not None
+                if (done - self.initial_done) / elapsed < self.ramp_below:
+                    threads.extend(self._spawn_more())
+            self._start_writeback()
+            if now - last_persist >= PERSIST_SECONDS:
+                try:
+                    self._persist()
+                except ModelFetchError as exc:  # a full disk: stop the workers too
+                    self._stop(exc)
+                last_persist = time.monotonic()
+
+    def _join(self, threads: list[threading.Thread]) -> BaseException | None:
+        """Wait for every worker (they write into our descriptor, which the caller closes
+        next). A second Ctrl-C does not cut this short; the workers are stopping anyway."""
+        interrupt: BaseException | None = None
+        for t in threads:
+            while True:
+                try:
+                    t.join()
+                    break
+                except KeyboardInterrupt as exc:
+                    interrupt = exc
+                    self._stop(exc)
+        return interrupt
+
+    def _add_buffers(self, count: int, size: int) -> None:
+        for _ in range(count):
             m = mmap.mmap(-1, size)  # anonymous mmaps are page-aligned, as O_DIRECT needs
             self._maps.append(m)
             self.pool.put(memoryview(m))
@@ -581,13 +654,25 @@ class Transfer:
         return threads
 
     def _cancelled(self) -> None:
-        self._abort(CancelledError("cancelled by the caller; partial data is kept for resume"))
+        self._stop(CancelledError("cancelled by the caller; partial data is kept for resume"))
 
-    def _abort(self, error: BaseException) -> None:
+    def _stop(self, error: BaseException) -> None:
+        """Stop every worker now: record the first error, wake waiters, shut sockets down."""
         with self.cond:
+            if self.error is None and not self.complete:
+                self.error = error
             self.abort = True
-            self.error = self.error or error
+            live = list(self.live.values())
             self.cond.notify_all()
+        self.stop.cancel()
+        for resp in live:
+            resp.abort()
+
+    def _complete(self) -> None:
+        """Every byte is on disk: release the workers still waiting on a connection."""
+        with self.cond:
+            self.complete = True
+        self._stop(DownloadError("internal error: stopped after completion"))
 
     def _persist(self) -> None:
         with self.cond:
