@@ -146,7 +146,7 @@ def test_mirror_rejects_hostile_paths_and_reports_upstream_404(
         f"/{REPO}/resolve/..%2F/x.gguf",
     ):
         # http.client sends the path exactly as written (urllib3 would resolve the dots)
-        conn = HTTPConnection(*mirror.httpd.server_address[:2], timeout=10)
+        conn = HTTPConnection(*mirror.server_address, timeout=10)
         conn.request("GET", path)
         assert conn.getresponse().status == 400, path
         conn.close()

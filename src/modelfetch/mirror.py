@@ -5,9 +5,8 @@ Routes:
 * ``GET|HEAD /{owner}/{repo}/resolve/{revision}/{path}``: the Hugging Face resolve route,
   so ``HF_ENDPOINT=http://mirror:port`` works for huggingface_hub, llama.cpp and friends.
   A miss is pulled through from the upstream hub (one download, however many clients ask
-  at once: the entry lock serialises them), verified against the hub's SHA-256, and then
-  served. Answers carry ``ETag``/``X-Linked-Etag`` (the SHA-256), ``X-Linked-Size`` and
-  ``X-Repo-Commit``.
+  at once), verified against the hub's SHA-256, and then served. Answers carry
+  ``ETag``/``X-Linked-Etag`` (the SHA-256), ``X-Linked-Size`` and ``X-Repo-Commit``.
 * ``GET|HEAD /by-key/{cache key}``: any verified entry (also plain URL sources).
 * ``GET /healthz``.
 
@@ -15,32 +14,48 @@ Every answer supports single ``Range`` requests, ``If-Range`` and ``If-None-Matc
 go out with ``sendfile(2)``. The mirror uses its own token for the upstream (HF_TOKEN of the
 server process) and never forwards a client's credentials.
 
-Why the standard library's ``ThreadingHTTPServer``: the mirror needs GET/HEAD with one
-Range form, and its work is the blocking, thread-safe ``ensure()``; a thread per connection
-is the natural model, and ``sendfile`` moves the bytes, not Python.
+Why an event loop: a mirror is many clients, some slow or idle, a few pulling large files.
+With a thread per connection, idle keep-alive connections and slowloris clients hold
+threads, and the standard library's listen backlog of 5 makes a burst of clients wait
+seconds for SYN retransmits. Here asyncio holds every connection at no cost, a request head
+must arrive within ``idle_timeout`` and a body must keep moving within ``io_timeout``, the
+backlog is real, and blocking work (cache lookups, file opens) runs in a bounded thread
+pool; pulls from the upstream run in a pool of their own, one per file however many
+clients wait for it, so misses never hold up hits.
+
+Logs never contain a query string: a request target is logged as its path, with
+``?<redacted>`` in place of any query.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import hashlib
 import logging
 import os
 import re
+import socket
 import stat
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .cache import Cache, CacheEntry
+from .cancel import CancelToken
 from .ensure import ensure
 from .errors import CacheMissError, DownloadError, InvalidSourceError, ModelFetchError
 from .options import CachePolicy, EnsureOptions
-from .redact import printable
+from .redact import REDACTED, printable
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch.mirror")
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+_HEAD_LIMIT = 64 * 1024  # request line + headers
+_SEND_CHUNK = 1024 * 1024  # sendfile per step; each step must finish within io_timeout
 
 
 def synthetic_commit(repo_id: str, revision: str) -> str:
@@ -61,6 +76,90 @@ def served_commit(entry: CacheEntry, source: ModelSource | None) -> str:
     return synthetic_commit(source.repo_id, source.revision)
 
 
+def loggable_target(target: str) -> str:
+    """A request target as it may be logged: the path, never the query (signatures)."""
+    path, sep, _ = target.partition("?")
+    path = path.partition("#")[0]
+    shown = "".join(c if c.isprintable() else "?" for c in path[:300])
+    return f"{shown}?{REDACTED}" if sep else shown
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]  # lower-cased names
+
+    @property
+    def keep_alive(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    file: BinaryIO | None = None  # sent from ``offset``, ``length`` bytes
+    offset: int = 0
+    length: int = 0
+
+
+_REASONS = {
+    200: "OK",
+    206: "Partial Content",
+    304: "Not Modified",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    410: "Gone",
+    416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    505: "HTTP Version Not Supported",
+}
+
+
+def parse_head(head: bytes) -> Request | None:
+    """The request line and headers (without a body: GET and HEAD have none)."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or line[0] in " \t":
+            return None  # no obsolete line folding, no space before the colon
+        headers[name.lower()] = value.strip()
+    return Request(parts[0], parts[1], parts[2], headers)
+
+
+def text_reply(status: int, message: str) -> Reply:
+    return Reply(
+        status, {"Content-Type": "text/plain; charset=utf-8"}, message.encode("utf-8", "replace")
+    )
+
+
+def closing(status: int, message: str) -> Reply:
+    reply = text_reply(status, message)
+    reply.headers["Connection"] = "close"
+    return reply
+
+
 class MirrorServer:
     def __init__(
         self,
@@ -70,18 +169,38 @@ class MirrorServer:
         upstream: str | None = None,
         offline: bool = False,
         options: EnsureOptions | None = None,
+        *,
+        workers: int = 16,
+        pulls: int = 4,
+        backlog: int = 1024,
+        idle_timeout: float = 30.0,
+        io_timeout: float = 60.0,
     ) -> None:
         self.cache = Cache(cache_dir)
         base = options or EnsureOptions()
+        self._stopping = CancelToken()  # fired by stop(): running pulls keep their parts
         self.options = base.merged(
             cache_dir=self.cache.root,
             hf_endpoint=upstream or base.hf_endpoint,
             policy=CachePolicy.CACHE_ONLY if offline else CachePolicy.PREFER_CACHED,
             progress=None,
-            cancel=None,
+            cancel=self._stopping,
         )
-        self.httpd = ThreadingHTTPServer((host, port), self._handler())
-        self.httpd.daemon_threads = True
+        self.backlog = backlog
+        self.idle_timeout = idle_timeout
+        self.io_timeout = io_timeout
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # Bound here, so the port is known (and connections queue) before serving starts.
+        self.sock = socket.create_server((host, port), family=family, backlog=backlog)
+        self.server_address: tuple[str, int] = self.sock.getsockname()[:2]
+        self._work = ThreadPoolExecutor(workers, thread_name_prefix="modelfetch-mirror")
+        self._pull_pool = ThreadPoolExecutor(pulls, thread_name_prefix="modelfetch-pull")
+        self._pulls: dict[str, asyncio.Future[CacheEntry]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing: asyncio.Event | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._ready = threading.Event()
+        self._done = threading.Event()
         self._thread: threading.Thread | None = None
         # (repo, path, commit) -> the source an entry holding that commit was cached under.
         # Clients resolve a branch once, then ask for /resolve/<commit>/ (modelfetch and
@@ -97,13 +216,21 @@ class MirrorServer:
                 self._by_commit[(source.repo_id, source.hf_path, commit)] = source
         return commit
 
-    def _cached_at_commit(self, repo_id: str, path: str, commit: str) -> CacheEntry | None:
+    def _cached_at_commit(self, source: ModelSource) -> CacheEntry | None:
+        """A cached entry of ``source``'s file at the commit its revision names, also one
+        cached under a branch name; a plain hit otherwise."""
+        entry = self.cache.lookup_fast(source, None)
+        revision, repo_id, path = source.revision, source.repo_id, source.hf_path
+        if entry is not None or not (revision and repo_id and path):
+            return entry
+        if not re.fullmatch(r"[0-9a-f]{40}", revision):
+            return None
         with self._by_commit_lock:
-            source = self._by_commit.get((repo_id, path, commit))
-        if source is None:
-            source = self._find_at_commit(repo_id, path, commit)
-        entry = self.cache.lookup_fast(source, None) if source is not None else None
-        return entry if entry is not None and served_commit(entry, source) == commit else None
+            known = self._by_commit.get((repo_id, path, revision))
+        if known is None:
+            known = self._find_at_commit(repo_id, path, revision)
+        entry = self.cache.lookup_fast(known, None) if known is not None else None
+        return entry if entry is not None and served_commit(entry, known) == revision else None
 
     def _find_at_commit(self, repo_id: str, path: str, commit: str) -> ModelSource | None:
         """Scan the cache (entries made before this mirror started, or by other processes)."""
@@ -121,21 +248,38 @@ class MirrorServer:
 
     @property
     def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        text = host.decode() if isinstance(host, bytes) else str(host)
-        return f"http://{text}:{port}"
+        host, port = self.server_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def serve_forever(self) -> None:
-        self.httpd.serve_forever(poll_interval=0.2)
+        """Serve in the calling thread until stop() (or KeyboardInterrupt)."""
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._done.set()
+            self._ready.set()
 
     def start(self) -> MirrorServer:
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="modelfetch-mirror-loop", daemon=True
+        )
         self._thread.start()
+        self._ready.wait(30)
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self._stopping.cancel()
+        loop, closing = self._loop, self._closing
+        if loop is not None and closing is not None and not self._done.is_set():
+            try:
+                loop.call_soon_threadsafe(closing.set)
+            except RuntimeError:
+                pass  # the loop already ended
+            if self._thread is not None and self._thread is not threading.current_thread():
+                self._done.wait(30)
+        self._work.shutdown(wait=False, cancel_futures=True)
+        self._pull_pool.shutdown(wait=False, cancel_futures=True)
+        self.sock.close()
 
     def __enter__(self) -> MirrorServer:
         return self.start()
@@ -143,139 +287,248 @@ class MirrorServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- request handling -------------------------------------------------------------------
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        mirror = self
+    # -- the event loop ---------------------------------------------------------------------
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._closing = asyncio.Event()
+        server = await asyncio.start_server(
+            self._connection, sock=self.sock, backlog=self.backlog, limit=_HEAD_LIMIT
+        )
+        self._ready.set()
+        try:
+            await self._closing.wait()
+        finally:
+            server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await server.wait_closed()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "modelfetch-mirror"
-
-            def log_message(self, format: str, *args: object) -> None:
-                log.debug("%s %s", self.address_string(), format % args)
-
-            def do_HEAD(self) -> None:
-                self._route(head=True)
-
-            def do_GET(self) -> None:
-                self._route(head=False)
-
-            def _route(self, head: bool) -> None:
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if isinstance(peer, tuple) else "?"
+        try:
+            while True:
                 try:
-                    path = urllib.parse.urlsplit(self.path).path
-                    parts = path.split("/")
-                    if path == "/healthz":
-                        return self._text(200, "ok\n", head)
-                    if len(parts) == 3 and parts[1] == "by-key" and _KEY.match(parts[2]):
-                        entries = [e for e in mirror.cache.list() if e.cache_key == parts[2]]
-                        entries = [e for e in entries if not e.transient]
-                        if not entries:
-                            return self._text(404, "no such entry\n", head)
-                        return self._send_entry(entries[0], head, {})
-                    if len(parts) >= 6 and parts[3] == "resolve":
-                        return self._resolve(parts, head)
-                    return self._text(404, "unknown route\n", head)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True
-                except ModelFetchError as exc:  # e.g. a cache root refused as unsafe
-                    return self._text(500, f"{printable(str(exc))}\n", head)
+                    # The whole head must arrive within idle_timeout: an idle keep-alive
+                    # connection or a client trickling its headers costs nothing but a
+                    # socket, and not for long.
+                    head = await asyncio.wait_for(
+                        reader.readuntil(b"\r\n\r\n"), timeout=self.idle_timeout
+                    )
+                except asyncio.LimitOverrunError:
+                    await self._send(writer, None, closing(431, "request head too large\n"))
+                    return
+                except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                request = parse_head(head)
+                if request is None:
+                    await self._send(writer, None, closing(400, "malformed request\n"))
+                    return
+                keep = request.keep_alive and not _has_body(request)
+                reply = await self._answer(request)
+                reply.headers["Connection"] = "keep-alive" if keep else "close"
+                log.info(
+                    '%s "%s %s" %d %s',
+                    client,
+                    request.method[:16],
+                    loggable_target(request.target),
+                    reply.status,
+                    reply.length if reply.file is not None else len(reply.body),
+                )
+                if not await self._send(writer, request, reply) or not keep:
+                    return
+        except (ConnectionError, asyncio.TimeoutError, OSError):
+            return
+        finally:
+            self._writers.discard(writer)
+            writer.transport.abort()
 
-            def _resolve(self, parts: list[str], head: bool) -> None:
-                try:
-                    repo_id = f"{urllib.parse.unquote(parts[1])}/{urllib.parse.unquote(parts[2])}"
-                    revision = urllib.parse.unquote(parts[4])
-                    file_path = "/".join(urllib.parse.unquote(p) for p in parts[5:])
-                    source = ModelSource.huggingface(repo_id, file_path, revision)
-                except InvalidSourceError as exc:
-                    return self._text(400, f"{exc}\n", head)
-                try:
-                    entry = None
-                    if re.fullmatch(r"[0-9a-f]{40}", revision):
-                        entry = mirror._cached_at_commit(repo_id, file_path, revision)
-                    if entry is None:
-                        entry = ensure(source, mirror.options)
-                except CacheMissError:
-                    return self._text(404, "not in this offline mirror\n", head)
-                except DownloadError as exc:
-                    code = exc.status if exc.status in (401, 403, 404, 410) else 502
-                    return self._text(code, f"upstream: {exc}\n", head)
-                except ModelFetchError as exc:
-                    return self._text(502, f"{exc}\n", head)
-                commit = mirror._remember(source, entry)
-                extra = {
-                    "X-Repo-Commit": commit,
-                    "X-Linked-Etag": f'"{entry.sha256}"',
-                    "X-Linked-Size": str(entry.bytes),
-                }
-                self._send_entry(entry, head, extra)
+    async def _answer(self, request: Request) -> Reply:
+        if request.method not in ("GET", "HEAD"):
+            reply = text_reply(405, "only GET and HEAD\n")
+            reply.headers["Allow"] = "GET, HEAD"
+            return reply
+        loop = asyncio.get_running_loop()
+        try:
+            source = self._resolve_source(request.target)
+            if isinstance(source, Reply):
+                return source
+            if source is not None:
+                entry_or_reply = await self._entry_for(source)
+                if isinstance(entry_or_reply, Reply):
+                    return entry_or_reply
+                return await loop.run_in_executor(
+                    self._work, self._entry_reply, request, entry_or_reply, source
+                )
+            return await loop.run_in_executor(self._work, self._plain_route, request)
+        except ModelFetchError as exc:  # e.g. a cache root refused as unsafe
+            return text_reply(500, f"{printable(str(exc))}\n")
+        except Exception as exc:  # never let one request take the server down
+            log.warning("internal error answering a request (%s)", type(exc).__name__)
+            return text_reply(500, "internal error\n")
 
-            def _send_entry(self, entry: CacheEntry, head: bool, extra: dict[str, str]) -> None:
-                try:
-                    fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-                except OSError:
-                    return self._text(404, "entry vanished\n", head)
-                with os.fdopen(fd, "rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    if not stat.S_ISREG(st.st_mode) or st.st_size != entry.bytes:
-                        return self._text(500, "entry failed its size check\n", head)
-                    etag = f'"{entry.sha256}"'
-                    if self.headers.get("If-None-Match") in (etag, "*"):
-                        return self._empty(304, {"ETag": etag, **extra})
-                    start, end, status = 0, entry.bytes - 1, 200
-                    wanted = self.headers.get("Range")
-                    if_range = self.headers.get("If-Range")
-                    match = _RANGE.match(wanted.strip()) if wanted else None
-                    # RFC 9110: a Range we cannot parse (or several ranges) is ignored -> 200;
-                    # only a well-formed range outside the file gets 416.
-                    if match and (if_range is None or if_range == etag):
-                        parsed = self._parse_range(match, entry.bytes)
-                        if parsed is None:
-                            return self._empty(416, {"Content-Range": f"bytes */{entry.bytes}"})
-                        start, end = parsed
-                        status = 206
-                    length = max(0, end - start + 1)
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/octet-stream")
-                    self.send_header("Content-Length", str(length))
-                    self.send_header("Accept-Ranges", "bytes")
-                    self.send_header("ETag", etag)
-                    for name, value in extra.items():
-                        self.send_header(name, value)
-                    if status == 206:
-                        self.send_header("Content-Range", f"bytes {start}-{end}/{entry.bytes}")
-                    self.end_headers()
-                    if head or length == 0:
-                        return
-                    self.wfile.flush()
-                    self.connection.sendfile(fh, start, length)
+    async def _send(
+        self, writer: asyncio.StreamWriter, request: Request | None, reply: Reply
+    ) -> bool:
+        """Write the answer; False if the client went away or stopped reading."""
+        head_only = request is not None and request.method == "HEAD"
+        size = reply.length if reply.file is not None else len(reply.body)
+        lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}"]
+        headers = {
+            "Server": "modelfetch-mirror",
+            "Date": email.utils.formatdate(usegmt=True),
+            "Content-Length": str(size),
+            **reply.headers,
+        }
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
+            if not head_only:
+                if reply.file is not None:
+                    await self._send_file(writer, reply)
+                else:
+                    writer.write(reply.body)
+            await asyncio.wait_for(writer.drain(), timeout=self.io_timeout)
+        except (ConnectionError, asyncio.TimeoutError, OSError):
+            return False
+        finally:
+            if reply.file is not None:
+                reply.file.close()
+        return True
 
-            @staticmethod
-            def _parse_range(match: re.Match[str], size: int) -> tuple[int, int] | None:
-                if (not match.group(1) and not match.group(2)) or size == 0:
-                    return None
-                if not match.group(1):  # suffix: the last N bytes
-                    n = int(match.group(2))
-                    return (max(0, size - n), size - 1) if n > 0 else None
-                start = int(match.group(1))
-                end = int(match.group(2)) if match.group(2) else size - 1
-                if start >= size or end < start:
-                    return None
-                return start, min(end, size - 1)
+    async def _send_file(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
+        assert reply.file is not None
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(writer.drain(), timeout=self.io_timeout)
+        offset, left = reply.offset, reply.length
+        while left > 0:
+            step = min(left, _SEND_CHUNK)
+            # A client that stops reading is dropped after io_timeout, not kept forever.
+            sent = await asyncio.wait_for(
+                loop.sendfile(writer.transport, reply.file, offset, step),
+                timeout=self.io_timeout,
+            )
+            if sent <= 0:
+                raise ConnectionError("client stopped reading")
+            offset += sent
+            left -= sent
 
-            def _text(self, code: int, body: str, head: bool) -> None:
-                data = body.encode("utf-8", "replace")
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(data)
+    # -- routes -----------------------------------------------------------------------------
+    def _resolve_source(self, target: str) -> ModelSource | Reply | None:
+        """The source a resolve route names (or a 400), None for the other routes."""
+        parts = urllib.parse.urlsplit(target).path.split("/")
+        if not (len(parts) >= 6 and parts[3] == "resolve"):
+            return None
+        try:
+            repo_id = f"{urllib.parse.unquote(parts[1])}/{urllib.parse.unquote(parts[2])}"
+            revision = urllib.parse.unquote(parts[4])
+            file_path = "/".join(urllib.parse.unquote(p) for p in parts[5:])
+            return ModelSource.huggingface(repo_id, file_path, revision)
+        except InvalidSourceError as exc:
+            return text_reply(400, f"{exc}\n")
 
-            def _empty(self, code: int, headers: dict[str, str]) -> None:
-                self.send_response(code)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+    async def _entry_for(self, source: ModelSource) -> CacheEntry | Reply:
+        """A verified entry: a cached one at once, else one pull from the upstream that all
+        the clients asking for this file share."""
+        loop = asyncio.get_running_loop()
+        hit = await loop.run_in_executor(self._work, self._cached_at_commit, source)
+        if hit is not None:
+            return hit
+        key = source.cache_key
+        pull = self._pulls.get(key)
+        if pull is None:
+            pull = loop.run_in_executor(self._pull_pool, ensure, source, self.options)
+            self._pulls[key] = pull
+            pull.add_done_callback(lambda _: self._pulls.pop(key, None))
+        try:
+            return await asyncio.shield(pull)
+        except CacheMissError:
+            return text_reply(404, "not in this offline mirror\n")
+        except DownloadError as exc:
+            code = exc.status if exc.status in (401, 403, 404, 410) else 502
+            return text_reply(code, f"upstream: {printable(str(exc))}\n")
+        except ModelFetchError as exc:
+            return text_reply(502, f"{printable(str(exc))}\n")
 
-        return Handler
+    def _plain_route(self, request: Request) -> Reply:
+        path = urllib.parse.urlsplit(request.target).path
+        parts = path.split("/")
+        if path == "/healthz":
+            return text_reply(200, "ok\n")
+        if len(parts) == 3 and parts[1] == "by-key" and _KEY.match(parts[2]):
+            entries = [e for e in self.cache.list() if e.cache_key == parts[2]]
+            entries = [e for e in entries if not e.transient]
+            if not entries:
+                return text_reply(404, "no such entry\n")
+            return self._file_reply(request, entries[0], {})
+        return text_reply(404, "unknown route\n")
+
+    def _entry_reply(self, request: Request, entry: CacheEntry, source: ModelSource) -> Reply:
+        commit = self._remember(source, entry)
+        extra = {
+            "X-Repo-Commit": commit,
+            "X-Linked-Etag": f'"{entry.sha256}"',
+            "X-Linked-Size": str(entry.bytes),
+        }
+        return self._file_reply(request, entry, extra)
+
+    def _file_reply(self, request: Request, entry: CacheEntry, extra: dict[str, str]) -> Reply:
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            return text_reply(404, "entry vanished\n")
+        fh = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.bytes:
+                fh.close()
+                return text_reply(500, "entry failed its size check\n")
+            etag = f'"{entry.sha256}"'
+            if request.headers.get("if-none-match") in (etag, "*"):
+                fh.close()
+                return Reply(304, {"ETag": etag, **extra})
+            start, end, status = 0, entry.bytes - 1, 200
+            wanted = request.headers.get("range")
+            if_range = request.headers.get("if-range")
+            match = _RANGE.match(wanted.strip()) if wanted else None
+            # RFC 9110: a Range we cannot parse (or several ranges) is ignored -> 200; only
+            # a well-formed range outside the file gets 416.
+            if match and (if_range is None or if_range == etag):
+                parsed = _parse_range(match, entry.bytes)
+                if parsed is None:
+                    fh.close()
+                    return Reply(416, {"Content-Range": f"bytes */{entry.bytes}"})
+                start, end = parsed
+                status = 206
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+                "ETag": etag,
+                **extra,
+            }
+            if status == 206:
+                headers["Content-Range"] = f"bytes {start}-{end}/{entry.bytes}"
+            return Reply(status, headers, file=fh, offset=start, length=max(0, end - start + 1))
+        except BaseException:
+            fh.close()
+            raise
+
+
+def _has_body(request: Request) -> bool:
+    """GET and HEAD bodies are not read; a connection that sent one cannot be reused."""
+    length = request.headers.get("content-length", "0").strip()
+    return length not in ("", "0") or "transfer-encoding" in request.headers
+
+
+def _parse_range(match: re.Match[str], size: int) -> tuple[int, int] | None:
+    if (not match.group(1) and not match.group(2)) or size == 0:
+        return None
+    if not match.group(1):  # suffix: the last N bytes
+        n = int(match.group(2))
+        return (max(0, size - n), size - 1) if n > 0 else None
+    start = int(match.group(1))
+    end = int(match.group(2)) if match.group(2) else size - 1
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)
