@@ -469,10 +469,15 @@ def serve(
 
     if verbose:
         logging.basicConfig(
-            level=logging.DEBUG if verbose > 1 else logging.INFO,
+            level=logging.INFO,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
             stream=sys.stderr,
         )
+        if verbose > 1:
+            # Debug only for loggers whose lines are redacted: botocore's debug lines, for
+            # one, would print signed requests.
+            for name in ("modelfetch", "urllib3"):
+                logging.getLogger(name).setLevel(logging.DEBUG)
 
     server = MirrorServer(
         ctx.obj.get("cache_dir"),
