@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import pytest
 
 import modelfetch
 from devtools.fault_server import FaultServer, Resource
+from devtools.hub_emulator import HubEmulator
 from modelfetch import ensure
 from modelfetch.mirror import MirrorServer
 
-from .test_mirror import COMMIT, FILE, REPO
+from .test_mirror import FILE, REPO
 
 SECRET = "sig_SUPERSECRET_7781"
 CLIENTS = 200
@@ -30,24 +32,21 @@ PACKAGE_ROOT = Path(modelfetch.__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def signed_upstream(
-    server: FaultServer, other_server: FaultServer, blob: bytes, blob_sha: str
-) -> str:
-    """A hub whose file redirects to a CDN URL carrying a signature in its query."""
-    other_server.add("/blobs/tiny", Resource(blob))
-    server.add(
-        f"/{REPO}/resolve/main/{FILE}",
-        Resource(
-            b"",
-            redirect_to=other_server.url(f"/blobs/tiny?X-Amz-Signature={SECRET}&Expires=9"),
-            headers={
-                "X-Repo-Commit": COMMIT,
-                "X-Linked-Etag": f'"{blob_sha}"',
-                "X-Linked-Size": str(len(blob)),
-            },
-        ),
-    )
-    return server.url("")
+def signed_upstream(hub: HubEmulator, blob: bytes) -> str:
+    """The hub + CDN emulation: the file redirects to a presigned CDN URL (a signature in
+    its query string)."""
+    hub.create_repo(REPO, {FILE: blob})
+    return hub.endpoint
+
+
+def signatures(hub: HubEmulator) -> list[str]:
+    """The signatures the mirror received from the hub (and sent to the CDN)."""
+    found = []
+    for r in hub.cdn.requests("GET"):
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(r.path).query)
+        found += query.get("X-Amz-Signature", [])
+    assert found
+    return found
 
 
 def entry_key(tmp_path: Path, server: FaultServer, blob: bytes) -> tuple[Path, str]:
@@ -200,7 +199,11 @@ def test_mirror_process_threads_stay_bounded_with_many_open_connections(
 
 
 def test_no_log_line_holds_a_query_string(
-    tmp_path: Path, signed_upstream: str, blob: bytes, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    signed_upstream: str,
+    hub: HubEmulator,
+    blob: bytes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with MirrorServer(tmp_path / "c", upstream=signed_upstream) as mirror:
@@ -222,11 +225,14 @@ def test_no_log_line_holds_a_query_string(
         raw.close()
     messages = [r.getMessage() for r in caplog.records]
     assert any("/healthz?<redacted>" in m for m in messages)  # requests are logged ...
-    assert not any(SECRET in m for m in messages) and SECRET not in caplog.text  # ... redacted
+    pulls = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any("?<redacted>" in m for m in pulls)  # ... the signed pull too ...
+    for secret in (SECRET, "X-Amz-Signature", *signatures(hub)):  # ... redacted
+        assert not any(secret in m for m in messages) and secret not in caplog.text
 
 
 def test_serve_verbose_stderr_holds_no_query_string(
-    tmp_path: Path, signed_upstream: str, blob: bytes
+    tmp_path: Path, signed_upstream: str, hub: HubEmulator, blob: bytes
 ) -> None:
     proc = serve_process(tmp_path / "c", "--upstream", signed_upstream, "-vv")
     try:
@@ -242,4 +248,5 @@ def test_serve_verbose_stderr_holds_no_query_string(
         _, err = proc.communicate(timeout=10)
     assert f"/{REPO}/resolve/main/{FILE}?<redacted>" in err  # one line per request
     assert "urllib3" in err  # -vv: debug lines of the pull-through too
-    assert SECRET not in err
+    for secret in (SECRET, "X-Amz-Signature", *signatures(hub)):
+        assert secret not in err
