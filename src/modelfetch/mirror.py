@@ -198,7 +198,7 @@ class MirrorServer:
         self._pulls: dict[str, asyncio.Future[CacheEntry]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._ready = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,12 +299,21 @@ class MirrorServer:
             await self._closing.wait()
         finally:
             server.close()
-            for writer in list(self._writers):
+            # Hang up on every client so their tasks end on their own (a task waiting for
+            # a pull ends when the pull, cancelled above, does); cancel only stragglers.
+            for writer in list(self._clients.values()):
                 writer.transport.abort()
+            if self._clients:
+                _, late = await asyncio.wait(list(self._clients), timeout=5)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
             await server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients[task] = writer
         peer = writer.get_extra_info("peername")
         client = peer[0] if isinstance(peer, tuple) else "?"
         try:
@@ -340,8 +349,11 @@ class MirrorServer:
                     return
         except (ConnectionError, asyncio.TimeoutError, OSError):
             return
+        except asyncio.CancelledError:
+            return  # the server is stopping; this task is the connection's own, top level
         finally:
-            self._writers.discard(writer)
+            if task is not None:
+                self._clients.pop(task, None)
             writer.transport.abort()
 
     async def _answer(self, request: Request) -> Reply:
