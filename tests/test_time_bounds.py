@@ -268,3 +268,24 @@ def test_malformed_location_is_one_clear_error(
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "malformed Location" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cancel_is_prompt_while_the_hub_is_silent(server: FaultServer, opts: EnsureOptions) -> None:
+    """The HEAD that asks the hub about a file before downloading it can be cancelled too."""
+    server.add("/TheOrg/Repo/resolve/main/m.gguf", Resource(b"x", stall_headers=True))
+    token = CancelToken()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ensure("hf://TheOrg/Repo/m.gguf", opts, hf_endpoint=server.url(""), cancel=token,
+                   read_timeout=60)  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    wait_for(lambda: len(server.log) == 1, what="the HEAD")
+    token.cancel()
+    worker.join(timeout=PROMPT)
+    assert not worker.is_alive() and [type(e) for e in errors] == [CancelledError]

@@ -546,9 +546,16 @@ class HttpDownloader:
     def _open_part(self, part: Path, preallocate: int | None, truncate: bool) -> int:
         if lstat_regular(part) is None:
             unlink_quiet(part)  # a symlink or directory squatting on the part name
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        # Continuing a part never creates one: an empty file would not hold the bytes its
+        # checkpoint claims. Only a fresh start (whose checkpoint claims nothing) may.
+        create = os.O_CREAT if truncate else 0
+        flags = os.O_RDWR | create | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(part, flags, 0o644)
+        except FileNotFoundError:
+            if truncate:
+                raise DownloadError(f"cannot write {part}: the folder is gone") from None
+            raise _Restart("the partial file vanished") from None
         except OSError as exc:
             raise storage_error(exc, part) from None
         try:

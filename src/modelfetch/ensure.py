@@ -105,7 +105,7 @@ def _fetch_from_hub(
     url = source.resolve_url(opts.hf_endpoint, asked)
     probe = HttpDownloader(url, creds, opts, emitter)
     info = probe.retrying(
-        lambda: head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout),
+        lambda: head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel),
         lambda: None,
     )
     if asked is not None and info.commit not in (None, asked):

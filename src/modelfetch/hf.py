@@ -27,6 +27,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
+from .cancel import CancelToken
 from .errors import DownloadError
 from .http_client import Response, open_url
 from .redact import redact_url
@@ -107,7 +108,11 @@ def hub_error(resp: Response, url: str) -> Exception:
 
 
 def head_hub_file(
-    url: str, credentials: dict[str, str], connect_timeout: float, read_timeout: float
+    url: str,
+    credentials: dict[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    cancel: CancelToken | None = None,
 ) -> HubFileInfo:
     resp = open_url(
         url,
@@ -117,6 +122,7 @@ def head_hub_file(
         read_timeout=read_timeout,
         method="HEAD",
         follow_cross_origin=False,
+        cancel=cancel,
     )
     try:
         if resp.status >= 400:
@@ -134,6 +140,7 @@ def resolve_commit(
     credentials: dict[str, str],
     connect_timeout: float,
     read_timeout: float,
+    cancel: CancelToken | None = None,
 ) -> str:
     """The commit ``revision`` points at now, from the hub's model API (a commit id is
     returned as it is, without a request)."""
@@ -147,6 +154,7 @@ def resolve_commit(
         credentials=credentials,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        cancel=cancel,
     )
     try:
         if resp.status != 200:

@@ -80,6 +80,7 @@ def list_repo_files(
             credentials=creds,
             connect_timeout=opts.connect_timeout,
             read_timeout=opts.read_timeout,
+            cancel=opts.cancel,
         )
         try:
             if resp.status != 200:
@@ -168,7 +169,13 @@ def resolve(
     assert source.repo_id and source.revision
     endpoint = opts.hf_endpoint or _env_endpoint()
     commit = resolve_commit(
-        endpoint, source.repo_id, source.revision, creds, opts.connect_timeout, opts.read_timeout
+        endpoint,
+        source.repo_id,
+        source.revision,
+        creds,
+        opts.connect_timeout,
+        opts.read_timeout,
+        cancel=opts.cancel,
     )
     paths = list_repo_files(source, opts, creds, commit)
     chosen = choose_file(paths, source.quant)
