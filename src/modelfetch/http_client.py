@@ -133,9 +133,10 @@ def origin_of(url: str) -> tuple[str, str, int]:
 
 def redirect_target(current: str, location: str, status: int) -> str:
     """The absolute URL a redirect points to; DownloadError if its Location is malformed."""
-    # Sloppy servers send raw spaces or bytes above ASCII; send them percent-encoded (as
-    # curl does) rather than fail later inside http.client.
-    cleaned = urllib.parse.quote(location.strip(), safe=_URL_SAFE, encoding="latin-1")
+    raw = location.strip()
+    # Sloppy servers send raw spaces or bytes above ASCII: send them percent-encoded (as
+    # curl does) rather than fail inside http.client. Control characters are no URL at all.
+    cleaned = urllib.parse.quote(raw, safe=_URL_SAFE, encoding="latin-1")
     try:
         target = urllib.parse.urljoin(current, cleaned)
         parts = urllib.parse.urlsplit(target)
@@ -144,10 +145,11 @@ def redirect_target(current: str, location: str, status: int) -> str:
         )
     except (ValueError, UnicodeError):
         valid = False
-    if not valid:
+    if not valid or any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
         raise DownloadError(
             f"redirect {status} from {redact_url(current)} has a malformed Location header "
-            "(bad host, port or brackets); the server is misconfigured",
+            f"({redact_url(raw)[:300]}: bad host, port, brackets or characters); the server "
+            "is misconfigured",
             status=status,
         )
     return target
