@@ -126,7 +126,19 @@ def _fetch_from_hub(
     expected = expected or info.sha256
     if conditional is not None and expected is not None and conditional.sha256 == expected:
         return FetchResult.unchanged(conditional, commit=info.commit)
-    downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter, info.git_sha1)
+    git_sha1 = info.git_sha1
+    if opts.git_sha1 is not None and git_sha1 not in (None, opts.git_sha1):
+        raise IntegrityError(
+            f"{source.display}: the hub names git blob {git_sha1}, but {opts.git_sha1} was "
+            "expected (the repository's file list); check the revision"
+        )
+    git_sha1 = git_sha1 or opts.git_sha1
+    name = expected or git_sha1
+    if name is not None:  # the hub named the content: a copy in the hub cache will do
+        adopted = adopt_from_hub_cache(source, directory, opts, emitter, name, info.size)
+        if adopted is not None:
+            return replace(adopted, commit=info.commit)
+    downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter, git_sha1)
     result = downloader.fetch(
         directory,
         source.file_name,
@@ -139,6 +151,47 @@ def _fetch_from_hub(
             f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
         )
     return replace(result, commit=info.commit)
+
+
+def adopt_from_hub_cache(
+    source: ModelSource,
+    directory: Path,
+    opts: EnsureOptions,
+    emitter: ProgressEmitter,
+    name: str | None = None,
+    size: int | None = None,
+) -> FetchResult | None:
+    """Take the file from the Hugging Face cache instead of the network, if it is there and
+    hashes right: by blob ``name`` (SHA-256 or git blob id) when the hub told us, else by
+    ``refs/<revision>`` and the snapshot link, with no request at all."""
+    from .download import FetchResult
+    from .hfcache import HubCacheRepo, hub_cache_setting
+    from .resume import discard_part, part_paths
+
+    setting = hub_cache_setting(opts.hf_cache)
+    if setting.root is None or source.kind != "hf" or source.hf_path is None:
+        return None
+    assert source.repo_id and source.revision
+    repo = HubCacheRepo(setting.root, source.repo_id)
+    commit = None
+    if name is None:
+        commit = repo.read_ref(source.revision)
+        name = repo.pointer_blob(commit, source.hf_path) if commit else None
+        if name is None:
+            return None
+    pinned = opts.sha256 if len(name) == 64 else opts.git_sha1
+    if pinned is not None and pinned != name:
+        return None  # the hub cache holds other content than the caller wants
+    part, _ = part_paths(directory, source.file_name)  # the caller made the entry directory
+    adopted = repo.adopt(name, size, part)
+    if adopted is None:
+        return None
+    if opts.sha256 is not None and adopted.sha256 != opts.sha256:
+        discard_part(directory, source.file_name)
+        return None
+    how = "linked" if adopted.linked else "copied"
+    emitter.emit("adopted", adopted.size, adopted.size, f"{how} from {repo.blob(name)}")
+    return FetchResult(adopted.sha256, adopted.size, None, None, commit=commit)
 
 
 def ensure(
@@ -249,7 +302,11 @@ def _ensure_one(
         emitter.emit("cache_hit", hit.bytes, hit.bytes)
         return hit
 
-    if policy is CachePolicy.CACHE_ONLY and not cache.has_entry_dir(src):
+    if (
+        policy is CachePolicy.CACHE_ONLY
+        and not cache.has_entry_dir(src)
+        and not _may_adopt(src, opts)
+    ):
         raise CacheMissError(_miss_message(src))
     try:
         return _ensure_locked(src, opts, cache, policy, emitter, pins)
@@ -286,6 +343,13 @@ def _ensure_locked(
         if existing is not None and policy is not CachePolicy.REFRESH:
             emitter.emit("cache_hit", existing.bytes, existing.bytes)
             return existing
+        if policy is not CachePolicy.REFRESH and _may_adopt(src, opts):
+            cache.make_entry_dir(directory, src.file_name)
+            adopted = adopt_from_hub_cache(src, directory, opts, emitter)
+            if adopted is not None:
+                entry = _promote(cache, src, directory, adopted)
+                emitter.emit("done", entry.bytes, entry.bytes)
+                return entry
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src))
         cache.make_entry_dir(directory, src.file_name)
@@ -307,6 +371,16 @@ def _ensure_locked(
             _upload_to_tier(tier, src, entry, emitter)
     emitter.emit("done", entry.bytes, entry.bytes)
     return entry
+
+
+def _may_adopt(src: ModelSource, opts: EnsureOptions) -> bool:
+    """Cheap test: could the hub cache hold this file (before taking locks for it)?"""
+    if src.kind != "hf" or src.repo_id is None:
+        return False
+    from .hfcache import HubCacheRepo, hub_cache_setting
+
+    root = hub_cache_setting(opts.hf_cache).root
+    return root is not None and HubCacheRepo(root, src.repo_id).folder.is_dir()
 
 
 def _promote(

@@ -211,3 +211,75 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
             _sync_file_range = None
     if _sync_file_range is not None and length > 0:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def git_blob_sha1_of(size: int) -> hashlib._Hash:
+    """A SHA-1 primed with git's blob header; feed it the content to get the blob id."""
+    hasher = hashlib.sha1(usedforsecurity=False)
+    hasher.update(b"blob %d\x00" % size)
+    return hasher
+
+
+def content_digests(fd: int, size: int) -> tuple[str, str, int]:
+    """(sha256, git blob sha1, bytes read) of an open file, in one pass from offset 0."""
+    sha256 = hashlib.sha256()
+    sha1 = git_blob_sha1_of(size)
+    total = 0
+    while total < size:
+        data = os.pread(fd, min(HASH_CHUNK, size - total), total)
+        if not data:
+            break
+        sha256.update(data)
+        sha1.update(data)
+        total += len(data)
+    return sha256.hexdigest(), sha1.hexdigest(), total
+
+
+def temp_sibling(path: Path) -> Path:
+    """A unique name beside ``path`` for building it before the rename that publishes it."""
+    return path.with_name(f".{path.name[:100]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+
+
+def hardlink_or_copy(src: Path, dst: Path) -> bool:
+    """Make ``dst`` (which must not exist) hold ``src``'s bytes: a hard link where the
+    filesystem allows it (no second copy on disk), else a copy, fsynced. True if linked."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+            raise
+    fd_in = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd_out = os.open(dst, flags, 0o644)
+        try:
+            _copy_fd(fd_in, fd_out, os.fstat(fd_in).st_size)
+            os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+    return False
+
+
+def _copy_fd(fd_in: int, fd_out: int, size: int) -> None:
+    done = 0
+    while done < size:
+        try:
+            n = os.sendfile(fd_out, fd_in, done, min(size - done, 1 << 30))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or done:
+                raise
+            break  # no sendfile between these files: copy through a buffer
+        if n == 0:
+            return
+        done += n
+    while done < size:
+        data = os.pread(fd_in, min(HASH_CHUNK, size - done), done)
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd_out, view) :]
+        done += len(data)

@@ -15,6 +15,7 @@ from .errors import InvalidSourceError
 from .progress import ProgressCallback
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 
 
@@ -57,6 +58,13 @@ class EnsureOptions:
     remote: str | None = None
     remote_endpoint: str | None = None
     shards: bool = True  # a shard of a split GGUF (x-00001-of-00003.gguf) brings them all
+    # The Hugging Face hub cache: None reads MODELFETCH_HF_CACHE (unset: adopt verified
+    # files from the default hub cache, publish nothing); False: leave it alone; True or a
+    # path: also publish whole-repository snapshots into it (hfcache.py).
+    hf_cache: bool | str | os.PathLike[str] | None = None
+    # Expected git blob id of a git-stored hub file: checked (with its size) before the
+    # file enters the cache, as a pinned sha256 is.
+    git_sha1: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))
@@ -64,6 +72,10 @@ class EnsureOptions:
             if not isinstance(self.sha256, str) or not _HEX64.match(self.sha256):
                 raise InvalidSourceError("sha256 must be 64 hexadecimal characters")
             object.__setattr__(self, "sha256", self.sha256.lower())
+        if self.git_sha1 is not None:
+            if not isinstance(self.git_sha1, str) or not _HEX40.match(self.git_sha1):
+                raise InvalidSourceError("git_sha1 must be 40 hexadecimal characters")
+            object.__setattr__(self, "git_sha1", self.git_sha1.lower())
         if self.headers:
             for name, value in self.headers.items():
                 if not isinstance(name, str) or not _HEADER_NAME.match(name):

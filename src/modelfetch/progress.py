@@ -19,6 +19,7 @@ EventKind = Literal[
     "tier_hit",  # found in the shared tier; downloading from there, not the origin
     "tier_upload",  # copied into the shared tier for other machines
     "warning",  # something went wrong that did not stop the download (message says what)
+    "adopted",  # found in the Hugging Face cache, verified by hash and linked: no download
 ]
 
 
