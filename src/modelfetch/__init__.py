@@ -20,7 +20,8 @@ from .errors import (
 )
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEvent
-from .source import ModelSource
+from .snapshot import Snapshot, SnapshotFile, snapshot, snapshot_async
+from .source import ModelSource, RepoRef
 
 __all__ = [
     "Cache",
@@ -43,9 +44,14 @@ __all__ = [
     "ProgressEvent",
     "PruneReport",
     "ReadOnlyCacheError",
+    "RepoRef",
+    "Snapshot",
+    "SnapshotFile",
     "VerifyResult",
     "__version__",
     "default_cache_dir",
     "ensure",
     "ensure_async",
+    "snapshot",
+    "snapshot_async",
 ]

@@ -59,6 +59,7 @@ from .metadata import (
     write_metadata,
 )
 from .shards import prune_sets
+from .snapdir import prune_snapshots
 from .source import ModelSource
 
 _ENTRY_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,64}-([0-9a-f]{12})$")
@@ -550,6 +551,7 @@ class Cache:
         if isinstance(ref, ModelSource):
             self._remove_dir(self.entry_dir(ref))
         prune_sets(self.layout)
+        prune_snapshots(self.layout)
         return removed
 
     def clear(self) -> tuple[int, int]:
@@ -565,6 +567,7 @@ class Cache:
             else:
                 busy += 1
         prune_sets(self.layout, remove_all=busy == 0)
+        prune_snapshots(self.layout, remove_all=busy == 0)
         return removed, busy
 
     def prune(
@@ -598,6 +601,7 @@ class Cache:
                     total -= entry.bytes
         if not dry_run:
             prune_sets(self.layout)
+            prune_snapshots(self.layout)
         return report
 
     def _prune_one(self, entry: CacheEntry, report: PruneReport, dry_run: bool) -> bool:
@@ -643,7 +647,9 @@ class Cache:
             targets = [d for d in self._entry_dirs() if self._has_content(d)]
         else:
             targets = [e.directory for e in self.find(ref)]
-        return [self._verify_dir(directory) for directory in targets]
+        results = [self._verify_dir(directory) for directory in targets]
+        prune_snapshots(self.layout)  # a snapshot that lost a corrupt file is no snapshot
+        return results
 
     def _verify_dir(self, directory: Path) -> VerifyResult:
         with self.lock(directory).try_hold() as got:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -26,6 +27,15 @@ from .launcher import entry_line, hit_line
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEvent
 from .redact import printable
+from .snapshot import (
+    Snapshot,
+    SnapshotInfo,
+    find_snapshot,
+    list_snapshots,
+    remove_snapshot,
+    snapshot,
+    verify_snapshots,
+)
 
 _SIZE = re.compile(r"^\s*(\d{1,15}(?:\.\d{1,6})?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -101,6 +111,48 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"
+
+
+_DEFAULT_HF_CACHE = "\0default"  # --hf-cache given without a PATH
+
+
+class _SnapshotPrinter:
+    """One aggregate bar for a whole repository: bytes, files done/total, rate."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.quiet:
+            return
+        if event.kind == "start" and self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=event.bytes_total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        if self.bar is not None and event.files_total is not None:
+            self.bar.set_description(f"{event.files_done}/{event.files_total} files", False)
+            self.bar.update(event.bytes_done - self.bar.n)
+        if event.kind in ("retry", "restart", "waiting", "warning", "tier_hit"):
+            text = f"{event.kind}: {event.message}"
+            if self.bar is not None:
+                self.bar.write(text, file=sys.stderr)
+            else:
+                click.echo(text, err=True)
+        elif event.kind == "done":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class _ProgressPrinter:
@@ -252,7 +304,44 @@ def main(ctx: click.Context, cache_dir: str | None) -> None:
     show_default=True,
     help="Seconds (or 2m) the transfer may stay below --low-speed-limit (curl's --speed-time).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+@click.option(
+    "--all", "all_files", is_flag=True, help="Fetch every file of the repository hf://OWNER/REPO."
+)
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Fetch the repository's files matching GLOB (repeatable; fnmatch on repo paths).",
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Leave out files matching GLOB (repeatable)."
+)
+@click.option(
+    "--hf-cache",
+    "hf_cache",
+    is_flag=False,
+    flag_value=_DEFAULT_HF_CACHE,
+    default=None,
+    metavar="[=PATH]",
+    help="Also publish a repository into the Hugging Face cache: where huggingface_hub looks "
+    "(HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub), or PATH. Env MODELFETCH_HF_CACHE.",
+)
+@click.option(
+    "-j",
+    "--parallel-files",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Files of a repository fetched at once.",
+)
+@click.option(
+    "--max-connections",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 512),
+    help="Connections a repository's files may hold together.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the entry (or snapshot) as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def get(
@@ -270,6 +359,12 @@ def get(
     no_shards: bool,
     low_speed_limit: int,
     low_speed_time: float,
+    all_files: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    hf_cache: str | None,
+    parallel_files: int,
+    max_connections: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -278,6 +373,10 @@ def get(
     SOURCE: a path, an http(s) URL, hf://owner/repo[@rev]/path/file, or
     hf://owner/repo[@rev][:QUANT] (a GGUF picked by tag, Q4_K_M by default). For a split
     GGUF the printed path is the first shard in a folder holding all of them.
+
+    With --all, --include or --exclude, SOURCE is a whole repository hf://owner/repo[@rev]:
+    its files are fetched at one commit, each verified, and the last line printed is the
+    snapshot directory (repo paths below it).
     """
     header_map: dict[str, str] = {}
     for item in headers:
@@ -285,7 +384,12 @@ def get(
         if not sep:
             raise click.BadParameter("use 'Name: value'", param_hint="--header")
         header_map[name.strip()] = value.strip()
-    printer = _ProgressPrinter(quiet)
+    whole_repo = all_files or bool(include) or bool(exclude)
+    if whole_repo and max_connections < parallel_files:
+        raise click.BadParameter(
+            "must be at least --parallel-files", param_hint="--max-connections"
+        )
+    printer: Any = _SnapshotPrinter(quiet) if whole_repo else _ProgressPrinter(quiet)
     cancel = CancelToken()
     try:
         options = EnsureOptions(
@@ -304,33 +408,86 @@ def get(
             low_speed_time=low_speed_time,
             cancel=cancel,
             progress=printer,
+            hf_cache=(True if hf_cache == _DEFAULT_HF_CACHE else hf_cache),
+            parallel_files=parallel_files,
+            max_connections=max(max_connections, parallel_files),
         )
-        entry = run_interruptibly(lambda: ensure(source, options), cancel)
+        if whole_repo:
+            result = run_interruptibly(
+                lambda: snapshot(source, include or None, exclude, options=options), cancel
+            )
+        else:
+            entry = run_interruptibly(lambda: ensure(source, options), cancel)
     except KeyboardInterrupt:
         printer.close()
         click.echo("interrupted; run the same command again to resume", err=True)
         sys.exit(130)
     finally:
         printer.close()
-    click.echo(entry_line(entry, as_json))
+    if whole_repo:
+        _report_snapshot(result, as_json, quiet)
+    else:
+        click.echo(entry_line(entry, as_json))
+
+
+def _report_snapshot(result: Snapshot, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    counts = result.to_dict()["counts"]
+    if not quiet:
+        done = ", ".join(f"{n} {how}" for how, n in counts.items() if n)
+        click.echo(
+            f"{result.repo_id} at {result.commit[:12]}: {len(result.files)} files, "
+            f"{human_bytes(result.size)} ({done}), every file verified",
+            err=True,
+        )
+        if result.hf_cache_path is not None:
+            click.echo(f"also in the Hugging Face cache: {result.hf_cache_path}", err=True)
+    click.echo(str(result.path))
 
 
 @main.command("ls")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--snapshots", is_flag=True, help="List whole-repository snapshots only.")
 @click.pass_context
-def ls_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List cache entries (corrupt ones are skipped, and counted on stderr)."""
-    entries, corrupt = _cache(ctx).scan()
+def ls_cmd(ctx: click.Context, as_json: bool, snapshots: bool) -> None:
+    """List cache entries (corrupt ones are skipped, and counted on stderr), then snapshots
+    of whole repositories."""
+    cache = _cache(ctx)
+    snaps = list_snapshots(cache)
+    if snapshots:
+        if as_json:
+            _emit_json([s.to_dict() for s in snaps])
+        else:
+            _snapshots_table(snaps)
+        return
+    entries, corrupt = cache.scan()
     if as_json:
         _emit_json([e.to_dict() for e in entries])
     else:
         _entries_table(entries)
+        if snaps:
+            click.echo()
+            _snapshots_table(snaps)
     if corrupt:
         click.echo(
             f"note: {len(corrupt)} corrupt entr{'y' if len(corrupt) == 1 else 'ies'} not "
             "listed; `modelfetch verify` reports and removes them",
             err=True,
         )
+
+
+def _snapshots_table(snaps: list[SnapshotInfo]) -> None:
+    if not snaps:
+        click.echo("(no snapshots)")
+        return
+    click.echo(f"{'SNAPSHOT':40}  {'FILES':>5}  {'SIZE':>10}  PATH")
+    for s in snaps:
+        name = f"{s.repo_id}@{s.commit[:12]}"
+        if s.revisions:
+            name += f" ({', '.join(s.revisions)})"
+        _say(f"{name:40}  {s.files:>5}  {human_bytes(s.size):>10}  {s.path}")
 
 
 @main.command()
@@ -356,9 +513,15 @@ def info(ctx: click.Context, ref: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def rm(ctx: click.Context, refs: tuple[str, ...], as_json: bool) -> None:
-    """Remove the entries matching each REF."""
+    """Remove the entries matching each REF (or a snapshot directory and its files).
+
+    A snapshot that loses one of its files is removed as a whole.
+    """
     cache = _cache(ctx)
-    removed = [e for ref in refs for e in cache.remove(ref)]
+    removed = []
+    for ref in refs:
+        snap = find_snapshot(cache, ref)
+        removed += remove_snapshot(cache, snap) if snap is not None else cache.remove(ref)
     if as_json:
         _emit_json({"removed": [e.to_dict() for e in removed]})
     else:
@@ -424,18 +587,30 @@ def clear(ctx: click.Context, yes: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
-    """Re-hash entries fully; corrupt files are removed. Exit 1 if any entry was bad."""
-    results = _cache(ctx).verify(ref)
+    """Re-hash entries fully; corrupt files are removed. Exit 1 if any entry was bad.
+
+    Without REF, snapshots are then checked end to end against their commit's file list.
+    """
+    cache = _cache(ctx)
+    results = cache.verify(ref)
+    if ref is None:
+        results += verify_snapshots(cache)
     if as_json:
         _emit_json(
             [{"directory": str(r.directory), "ok": r.ok, "detail": r.detail} for r in results]
         )
     else:
         for r in results:
-            _say(f"{'OK ' if r.ok else 'BAD'} {r.directory.name}: {r.detail}")
+            _say(f"{'OK ' if r.ok else 'BAD'} {_verified_name(r.directory)}: {r.detail}")
         click.echo(f"{sum(r.ok for r in results)} ok, {sum(not r.ok for r in results)} bad")
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+def _verified_name(directory: Path) -> str:
+    if directory.parent.parent.name == "snapshots":  # <root>/snapshots/<o>--<r>/<commit>
+        return f"snapshot {directory.parent.name.replace('--', '/', 1)}@{directory.name[:12]}"
+    return directory.name
 
 
 @main.command()

@@ -371,6 +371,7 @@ class HttpDownloader:
                 ),
                 also_hash=git,
                 low_speed=LowSpeed(self.opts.low_speed_limit, self.opts.low_speed_time),
+                budget=self.opts.connection_budget,
             )
             digest, size = transfer.run(first)
         finally:

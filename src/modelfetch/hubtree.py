@@ -17,11 +17,12 @@ These functions make one attempt each; callers wrap them in the retry loop.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,26 +283,64 @@ def next_link(header: str | None, current: str) -> str | None:
     return None
 
 
+def follow_pages(
+    first_url: str,
+    fetch_page: Callable[[str], tuple[Any, str | None]],
+    repo_id: str,
+) -> Iterator[Any]:
+    """The JSON of each page from ``first_url`` on; ``fetch_page(url)`` returns (json, link)."""
+    url: str | None = first_url
+    seen: set[str] = set()
+    for _page in range(MAX_PAGES):
+        if url is None:
+            return
+        if url in seen:
+            raise DownloadError(f"the file list of {repo_id} loops back on itself")
+        seen.add(url)
+        items, link = fetch_page(url)
+        yield items
+        url = next_link(link, url)
+    raise DownloadError(f"the file list of {repo_id} has more than {MAX_PAGES} pages")
+
+
 def list_tree_pages(
     first_url: str,
     fetch_page: Callable[[str], tuple[Any, str | None]],
     repo_id: str,
 ) -> list[RepoFile]:
-    """Follow the pages from ``first_url``; ``fetch_page(url)`` returns (json, link)."""
-    url: str | None = first_url
+    """Every file of a (recursive) tree listing, across its pages."""
     files: dict[str, RepoFile] = {}
-    seen: set[str] = set()
-    for _page in range(MAX_PAGES):
-        if url is None:
-            return list(files.values())
-        if url in seen:
-            raise DownloadError(f"the file list of {repo_id} loops back on itself")
-        seen.add(url)
-        items, link = fetch_page(url)
+    for items in follow_pages(first_url, fetch_page, repo_id):
         for f in parse_tree_items(items):
             if files.setdefault(f.path, f) != f:
                 raise DownloadError(f"the hub lists {f.path!r} twice, differently")
         if len(files) > MAX_FILES:
             raise DownloadError(f"{repo_id} has more than {MAX_FILES} files")
-        url = next_link(link, url)
-    raise DownloadError(f"the file list of {repo_id} has more than {MAX_PAGES} pages")
+    return list(files.values())
+
+
+# -- remembered resolutions (<root>/refs/<sha256 of identity>.json) --------------------------
+REFS = "refs"
+MAX_REF_BYTES = 64 * 1024
+
+
+def _ref_file(root: Path, identity: str) -> Path:
+    return root / REFS / f"{hashlib.sha256(identity.encode('utf-8')).hexdigest()}.json"
+
+
+def recall(root: Path, identity: str) -> dict[str, Any] | None:
+    """What was remembered for ``identity`` (a tag's file, a revision's commit), or None;
+    read as hostile input like any sidecar."""
+    try:
+        doc = json.loads(read_regular_file(_ref_file(root, identity), MAX_REF_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("identity") != identity:
+        return None
+    return doc
+
+
+def remember(root: Path, identity: str, **values: str) -> None:
+    (root / REFS).mkdir(parents=True, exist_ok=True)
+    doc = {"identity": identity, **values}
+    atomic_write_bytes(_ref_file(root, identity), json.dumps(doc).encode("utf-8"))

@@ -1,9 +1,9 @@
 """The directories of a cache root, reached without ever following a link inside the root.
 
-Everything the cache reads or writes lies in one of five directories directly below the
+Everything the cache reads or writes lies in one of seven directories directly below the
 root, and every module gets them from here:
 
-    entries/  transient/  locks/  sets/  refs/
+    entries/  transient/  locks/  sets/  refs/  snapshots/  trees/
 
 Rules (README, "Cache layout and invariants"):
 
@@ -27,7 +27,8 @@ from pathlib import Path
 from .errors import CacheStorageError, CorruptCacheError, storage_error
 
 ENTRIES, TRANSIENT, LOCKS, SETS, REFS = "entries", "transient", "locks", "sets", "refs"
-LAYOUT_DIRS = (ENTRIES, TRANSIENT, LOCKS, SETS, REFS)
+SNAPSHOTS, TREES = "snapshots", "trees"  # whole repositories (snapdir.py, hubtree.py)
+LAYOUT_DIRS = (ENTRIES, TRANSIENT, LOCKS, SETS, REFS, SNAPSHOTS, TREES)
 CACHEDIR_TAG = "CACHEDIR.TAG"
 _TAG_BODY = (
     b"Signature: 8a477f597d28d172789f06886806bc55\n"

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .budget import ConnectionBudget
 from .cancel import CancelToken
 from .errors import InvalidSourceError
 from .progress import ProgressCallback
@@ -65,6 +66,12 @@ class EnsureOptions:
     # Expected git blob id of a git-stored hub file: checked (with its size) before the
     # file enters the cache, as a pinned sha256 is.
     git_sha1: str | None = None
+    # Whole repositories (snapshot): files fetched at once, and the most connections all
+    # of them may hold together (each file's first one included).
+    parallel_files: int = 8
+    max_connections: int = 32
+    # Set by snapshot(): extra connections shared by all the files of one batch.
+    connection_budget: ConnectionBudget | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))
@@ -90,6 +97,15 @@ class EnsureOptions:
             raise InvalidSourceError("max_retries must be an integer from 0 to 100")
         if not isinstance(self.connections, int) or not 1 <= self.connections <= 64:
             raise InvalidSourceError("connections must be an integer from 1 to 64")
+        if not isinstance(self.parallel_files, int) or not 1 <= self.parallel_files <= 64:
+            raise InvalidSourceError("parallel_files must be an integer from 1 to 64")
+        if (
+            not isinstance(self.max_connections, int)
+            or not self.parallel_files <= self.max_connections <= 512
+        ):
+            raise InvalidSourceError(
+                "max_connections must be an integer from parallel_files to 512"
+            )
         if self.parallel_below_mbps is not None and (
             not isinstance(self.parallel_below_mbps, (int, float))
             or not math.isfinite(self.parallel_below_mbps)

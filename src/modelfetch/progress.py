@@ -30,6 +30,9 @@ class ProgressEvent:
     bytes_done: int = 0
     bytes_total: int | None = None
     message: str = ""
+    # For a whole repository (snapshot): files finished so far and in all; None otherwise.
+    files_done: int | None = None
+    files_total: int | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

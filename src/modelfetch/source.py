@@ -383,3 +383,54 @@ class ModelSource:
 
     def __str__(self) -> str:
         return self.display
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """A whole Hugging Face repository at a revision: ``hf://owner/repo[@revision]``."""
+
+    repo_id: str
+    revision: str = "main"
+
+    def __post_init__(self) -> None:
+        _validate_hf_repo_id(self.repo_id)
+        _validate_hf_revision(self.revision)
+
+    @classmethod
+    def parse(cls, text: str) -> RepoRef:
+        """``hf://owner/repo``, ``hf://owner/repo@rev``, ``...?revision=refs/pr/1``, or the
+        same without ``hf://``. A file path or a ``:QUANT`` tag is refused: that names a file."""
+        if not isinstance(text, str):
+            raise InvalidSourceError(f"repository must be a string, not {type(text).__name__}")
+        if len(text) > MAX_SOURCE_LENGTH or _has_control_chars(text):
+            raise InvalidSourceError("repository reference is too long or has control characters")
+        rest = text[len("hf://") :] if text.lower().startswith("hf://") else text
+        if "://" in rest:
+            raise InvalidSourceError("a whole repository is named hf://owner/repo[@revision]")
+        body, qmark, query = rest.partition("?")
+        query_revision: str | None = None
+        if qmark:
+            pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, max_num_fields=4)
+            if len(pairs) != 1 or pairs[0][0] != "revision" or not pairs[0][1]:
+                raise InvalidSourceError("hf:// query accepts exactly one 'revision=<rev>'")
+            query_revision = pairs[0][1]
+        segments = body.split("/")
+        if len(segments) != 2 or ":" in segments[1]:
+            raise InvalidSourceError(
+                f"{text[:200]!r} names a file, not a repository: use hf://owner/repo[@revision] "
+                "to fetch a whole repository"
+            )
+        repo, revision = _split_revision(segments[1], query_revision)
+        return cls(f"{segments[0]}/{repo}", revision)
+
+    @property
+    def display(self) -> str:
+        at, query = _revision_display(self.revision)
+        return f"hf://{self.repo_id}{at}{query}"
+
+    def file(self, path: str, revision: str | None = None) -> ModelSource:
+        """One file of the repository (at ``revision``, by default the reference's own)."""
+        return ModelSource.huggingface(self.repo_id, path, revision or self.revision)
+
+    def __str__(self) -> str:
+        return self.display

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
+from .budget import ConnectionBudget
 from .cancel import CancelToken
 from .errors import CancelledError, DownloadError, ModelFetchError, storage_error
 from .fsutil import start_writeback
@@ -195,6 +196,7 @@ class Transfer:
         ramp_below: float | None = None,
         also_hash: hashlib._Hash | None = None,
         low_speed: LowSpeed | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         """``open_segment(start, end, stop)`` requests bytes [start, end) and checks the
         answer against exactly that range (the segment's end may move while it is in
@@ -208,6 +210,8 @@ class Transfer:
         self.on_bytes = on_bytes
         self.cancel = cancel
         self.connections = max(1, connections)
+        # Connections beyond the first are granted by a budget shared with other downloads.
+        self.budget = budget
         # None: all connections from the start. A rate (bytes/s): start with one stream and
         # add the others only if it delivers less than that after RAMP_SECONDS.
         self.ramp_below = ramp_below if self.connections > 1 else None
@@ -277,7 +281,10 @@ class Transfer:
             return 0
         victim = max(busy, key=lambda s: s.remaining)
         assert victim.end is not None
-        pieces = min(self.connections, victim.remaining // MIN_SPLIT)
+        wanted = min(self.connections - self.running, victim.remaining // MIN_SPLIT - 1)
+        if wanted < 1:
+            return 0
+        pieces = 1 + (self.budget.try_acquire(wanted) if self.budget else wanted)
         if pieces < 2:
             return 0
         step = victim.remaining // pieces
@@ -412,7 +419,7 @@ class Transfer:
                     if self.abort:
                         return None
 
-    def _worker(self, seg: Segment | None, resp: Response | None) -> None:
+    def _worker(self, seg: Segment | None, resp: Response | None, extra: bool = False) -> None:
         me = threading.get_ident()
         try:
             if seg is None:
@@ -462,6 +469,8 @@ class Transfer:
         finally:
             if resp is not None:
                 resp.close()
+            if extra and self.budget is not None:
+                self.budget.release()  # to whichever download asks next
             with self.cond:
                 self.running -= 1
                 self.cond.notify_all()
@@ -518,17 +527,22 @@ class Transfer:
                 assignments.append(first)
             ramp = self.ramp_below is not None and first is not None
             start_with = 1 if ramp else self.connections
+            if self.budget is not None and start_with > 1:
+                start_with = 1 + self.budget.try_acquire(start_with - 1)
+            granted = start_with - 1
             while len(assignments) < start_with:
                 seg = self._next_work()
                 if seg is None:
                     break
                 assignments.append((seg, None))
             self.running = len(assignments)
+        if self.budget is not None and granted > len(assignments) - 1:
+            self.budget.release(granted - max(0, len(assignments) - 1))  # less work to share
         chunk = SINGLE_STREAM_CHUNK if start_with == 1 else PARALLEL_CHUNK
         self._add_buffers(max(1, len(assignments)) + SPARE_BUFFERS, chunk)
         threads = [
-            threading.Thread(target=self._worker, args=assignment, daemon=True)
-            for assignment in assignments
+            threading.Thread(target=self._worker, args=(seg, resp, i > 0), daemon=True)
+            for i, (seg, resp) in enumerate(assignments)
         ]
         for t in threads:
             t.start()
@@ -572,6 +586,7 @@ class Transfer:
     def _coordinate(self, threads: list[threading.Thread], ramp_pending: bool) -> None:
         """Report progress, ramp up, start writeback, checkpoint, watch the speed."""
         last_persist = started = time.monotonic()
+        next_ramp = RAMP_SECONDS
         speed = _SpeedWindow(self.low_speed)
         while True:
             with self.cond:
@@ -591,11 +606,18 @@ class Transfer:
             if not everything_on_disk and speed.too_slow(now, done):
                 self._stop(LowSpeedError(self.low_speed.limit, self.low_speed.seconds))
             elapsed = now - started
-            if ramp_pending and elapsed >= RAMP_SECONDS:
+            if ramp_pending and elapsed >= next_ramp:
                 ramp_pending = False
+                next_ramp = elapsed + RAMP_SECONDS
                 assert self.ramp_below is not None
                 if (done - self.initial_done) / elapsed < self.ramp_below:
                     threads.extend(self._spawn_more())
+                    # A shared budget may have granted fewer than wanted: ask again later,
+                    # when other downloads may have handed some back.
+                    with self.cond:
+                        ramp_pending = self.budget is not None and (
+                            self.running < self.connections and not self.abort
+                        )
             self._start_writeback()
             if now - last_persist >= PERSIST_SECONDS:
                 try:
@@ -646,7 +668,7 @@ class Transfer:
             self.running += extra
         self._add_buffers(extra, PARALLEL_CHUNK)
         threads = [
-            threading.Thread(target=self._worker, args=(None, None), daemon=True)
+            threading.Thread(target=self._worker, args=(None, None, True), daemon=True)
             for _ in range(extra)
         ]
         for t in threads:
