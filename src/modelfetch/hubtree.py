@@ -206,6 +206,15 @@ def hub_endpoint(explicit: str | None) -> str:
     return (explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
+class HubApiError(DownloadError):
+    """The hub API refused a request; ``error_code`` is its X-Error-Code (RepoNotFound,
+    RevisionNotFound, EntryNotFound, ...) when it sent one."""
+
+    def __init__(self, message: str, *, status: int, error_code: str | None) -> None:
+        super().__init__(message, status=status)
+        self.error_code = error_code
+
+
 def _api_error(status: int, url: str, retry_after: str | None, error_code: str | None) -> Exception:
     from .http_client import RetryableError, parse_retry_after
 
@@ -222,7 +231,10 @@ def _api_error(status: int, url: str, retry_after: str | None, error_code: str |
         403: "access denied: the token may not read this repository (gated?)",
         404: "not found: check the repository id and revision",
     }.get(status, "the hub refused the request")
-    return DownloadError(f"HTTP {status} for {redact_url(url)}: {hint}", status=status)
+    code = error_code if error_code in hints else None
+    return HubApiError(
+        f"HTTP {status} for {redact_url(url)}: {hint}", status=status, error_code=code
+    )
 
 
 def get_json(

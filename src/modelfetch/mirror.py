@@ -7,6 +7,9 @@ Routes:
   A miss is pulled through from the upstream hub (one download, however many clients ask
   at once), verified against the hub's SHA-256, and then served. Answers carry
   ``ETag``/``X-Linked-Etag`` (the SHA-256), ``X-Linked-Size`` and ``X-Repo-Commit``.
+* ``GET /api/models/{repo}[/revision/{rev}]`` and ``/api/models/{repo}/tree/{rev}[/{path}]``
+  (paginated with ``Link``): what ``snapshot_download`` and ``hf download`` ask before the
+  files, pulled through and kept per commit, with Xet stripped (mirror_api.py).
 * ``GET|HEAD /by-key/{cache key}``: any verified entry (also plain URL sources).
 * ``GET /healthz``.
 
@@ -47,6 +50,7 @@ from .cache import Cache, CacheEntry
 from .cancel import CancelToken
 from .ensure import ensure
 from .errors import CacheMissError, DownloadError, InvalidSourceError, ModelFetchError
+from .mirror_api import PAGE_SIZE, MirrorApi
 from .options import CachePolicy, EnsureOptions
 from .redact import REDACTED, printable
 from .source import ModelSource
@@ -56,6 +60,7 @@ _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _HEAD_LIMIT = 64 * 1024  # request line + headers
 _SEND_CHUNK = 1024 * 1024  # sendfile per step; each step must finish within io_timeout
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$|^\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?$")
 
 
 def synthetic_commit(repo_id: str, revision: str) -> str:
@@ -175,6 +180,7 @@ class MirrorServer:
         backlog: int = 1024,
         idle_timeout: float = 30.0,
         io_timeout: float = 60.0,
+        api_page_size: int = PAGE_SIZE,
     ) -> None:
         self.cache = Cache(cache_dir)
         base = options or EnsureOptions()
@@ -186,6 +192,7 @@ class MirrorServer:
             progress=None,
             cancel=self._stopping,
         )
+        self.api = MirrorApi(self.cache, self.options, offline, api_page_size)
         self.backlog = backlog
         self.idle_timeout = idle_timeout
         self.io_timeout = io_timeout
@@ -468,6 +475,8 @@ class MirrorServer:
         parts = path.split("/")
         if path == "/healthz":
             return text_reply(200, "ok\n")
+        if len(parts) >= 5 and parts[1:3] == ["api", "models"]:
+            return self._api_reply(request, path)
         if len(parts) == 3 and parts[1] == "by-key" and _KEY.match(parts[2]):
             entries = [e for e in self.cache.list() if e.cache_key == parts[2]]
             entries = [e for e in entries if not e.transient]
@@ -475,6 +484,14 @@ class MirrorServer:
                 return text_reply(404, "no such entry\n")
             return self._file_reply(request, entries[0], {})
         return text_reply(404, "unknown route\n")
+
+    def _api_reply(self, request: Request, path: str) -> Reply:
+        """The hub API routes (mirror_api.py); blocking, so on the worker pool."""
+        host = request.headers.get("host", "")
+        if not _HOST.match(host):  # it goes into Link headers: only a plain host
+            host = urllib.parse.urlsplit(self.url).netloc
+        answer = self.api.handle(path, urllib.parse.urlsplit(request.target).query, host)
+        return Reply(answer.status, answer.headers, answer.body)
 
     def _entry_reply(self, request: Request, entry: CacheEntry, source: ModelSource) -> Reply:
         commit = self._remember(source, entry)
