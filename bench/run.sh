@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELFETCH_EXTRAS="dev,bench" MODELFETCH_EXTRA_DEBS="aria2c:aria2 curl:curl" bash scripts/setup.sh
+if [ "${1:-}" = "repo" ]; then  # the whole-repository benchmark (bench/repo.py)
+    shift
+    exec .venv/bin/python -m bench.repo "$@"
+fi
 exec .venv/bin/python -m bench.run "$@"
