@@ -90,6 +90,7 @@ def test_snapshot_download_through_the_mirror(
     assert len(emu.cdn.requests("GET")) == 2  # each LFS file crossed from the CDN once
     commit = emu.resolve(REPO, "main").oid  # type: ignore[union-attr]
     # ...and the upstream tree was listed once, at the commit, for both clients
+    assert len(emu.hub.requests("GET", f"/api/models/{REPO}/tree/{commit}")) == 1
     assert len(emu.hub.requests("GET", f"/api/models/{REPO}/tree/")) == 1
 
 

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -409,3 +410,56 @@ def wait_for(predicate: Any, timeout: float = 60.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+def test_a_new_commit_downloads_only_what_changed(emu: HubEmulator, opts: EnsureOptions) -> None:
+    old = snapshot(f"hf://{REPO}", options=opts)
+    emu.push(REPO, {"config.json": b'{"model_type": "llama", "hidden_size": 16}\n'})
+    emu.cdn.log.clear()
+    new = snapshot(f"hf://{REPO}", options=opts, policy="refresh")
+    assert new.commit != old.commit and new.path != old.path
+    status = {f.path: f.status for f in new.files}
+    assert status["config.json"] == "downloaded"
+    assert {status[p] for p in LFS} == {"adopted"}  # same SHA-256: linked, not downloaded
+    assert emu.cdn.requests("GET") == []
+    before = {f.path: f.local_path for f in old.files}
+    for f in new.files:
+        if f.lfs:  # one inode for both commits' entries, each still a stamped hit
+            assert os.stat(f.local_path).st_ino == os.stat(before[f.path]).st_ino
+            assert read_metadata(f.local_path.parent).stamp == FileStamp.of(os.lstat(f.local_path))
+            assert read_metadata(before[f.path].parent).stamp == FileStamp.of(
+                os.lstat(before[f.path])
+            )
+    assert tree_of(old.path) == FILES  # the old snapshot is untouched
+    assert len(list_snapshots(Cache(opts.cache_dir))) == 2
+
+
+def test_hub_cache_on_another_filesystem_gets_copies(
+    emu: HubEmulator, opts: EnsureOptions, tmp_path: Path
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than the test's temporary dir")
+    hub_cache = shm / f"modelfetch-test-{os.getpid()}-{tmp_path.name}"
+    try:
+        snap = snapshot(f"hf://{REPO}", include="*.safetensors", options=opts, hf_cache=hub_cache)
+        assert snap.hf_cache_path is not None
+        blobs = {p: snap.hf_cache_path / p for p in ("model-00001-of-00002.safetensors",)}
+        inodes = {p: os.stat(b).st_ino for p, b in blobs.items()}
+        for p, blob in blobs.items():
+            assert blob.read_bytes() == FILES[p]
+            assert os.stat(blob).st_ino != os.stat(snap.path / p).st_ino  # a copy
+        snapshot(f"hf://{REPO}", include="*.safetensors", options=opts, hf_cache=hub_cache)
+        assert {p: os.stat(b).st_ino for p, b in blobs.items()} == inodes  # kept, not recopied
+        # and the other way: a fresh cache adopts from there by copying, verified
+        fresh = snapshot(
+            f"hf://{REPO}",
+            include="*.safetensors",
+            options=opts.merged(cache_dir=tmp_path / "fresh", policy="cache_only"),
+            hf_cache=hub_cache,
+        )
+        assert {f.status for f in fresh.files} == {"adopted"} and tree_of(fresh.path) == {
+            p: FILES[p] for p in LFS if p.endswith(".safetensors")
+        }
+    finally:
+        shutil.rmtree(hub_cache, ignore_errors=True)

@@ -86,6 +86,8 @@ def test_get_all_prints_the_snapshot_dir_and_ls_verify_rm_handle_it(
     assert [(s["repo_id"], s["files"]) for s in snaps] == [(REPO, 4)]
     verify = cli(cache, env, "verify").stdout
     assert "5 ok, 0 bad" in verify  # 4 entries and the snapshot
+    one = cli(cache, env, "verify", str(snap)).stdout
+    assert f"OK  snapshot {REPO}@{commit[:12]}: ok" in one and "5 ok, 0 bad" in one
 
     gone = json.loads(cli(cache, env, "rm", str(snap), "--json").stdout)["removed"]
     assert len(gone) == 4 and not snap.exists()

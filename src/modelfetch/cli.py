@@ -34,6 +34,7 @@ from .snapshot import (
     list_snapshots,
     remove_snapshot,
     snapshot,
+    verify_snapshot_files,
     verify_snapshots,
 )
 
@@ -589,10 +590,15 @@ def clear(ctx: click.Context, yes: bool, as_json: bool) -> None:
 def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     """Re-hash entries fully; corrupt files are removed. Exit 1 if any entry was bad.
 
-    Without REF, snapshots are then checked end to end against their commit's file list.
+    Without REF, snapshots are then checked end to end against their commit's file list;
+    REF may also be a snapshot directory (its files, then the snapshot).
     """
     cache = _cache(ctx)
-    results = cache.verify(ref)
+    snap = find_snapshot(cache, ref) if ref is not None else None
+    if snap is not None:
+        results = verify_snapshot_files(cache, snap)
+    else:
+        results = cache.verify(ref)
     if ref is None:
         results += verify_snapshots(cache)
     if as_json:

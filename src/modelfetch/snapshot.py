@@ -46,7 +46,7 @@ from .errors import (
     InvalidSourceError,
     ModelFetchError,
 )
-from .fsutil import content_digests, read_regular_file
+from .fsutil import content_digests, hardlink_or_copy, read_regular_file, sha256_file, unlink_quiet
 from .hfcache import HubCacheRepo, hub_cache_setting
 from .hubtree import (
     COMMIT,
@@ -67,6 +67,7 @@ from .hubtree import (
 from .metadata import FileStamp, MetadataError, read_metadata, write_metadata
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressCallback, ProgressEmitter, ProgressEvent
+from .resume import part_paths
 from .shards import SHARD
 from .snapdir import iter_snapshots, read_links
 from .snapdir import list_snapshots as snapdir_list
@@ -312,10 +313,86 @@ def _file_options(opts: EnsureOptions, f: RepoFile, progress: _Progress) -> Ensu
     )
 
 
+class _SameContent:
+    """Entries of other commits by SHA-256, so a file a new commit did not change is linked
+    from the entry that has it instead of downloaded again (read once, when first needed)."""
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.lock = threading.Lock()
+        self.by_sha: dict[str, list[CacheEntry]] | None = None
+
+    def donor(self, sha256: str, directory: Path) -> CacheEntry | None:
+        with self.lock:
+            if self.by_sha is None:
+                self.by_sha = {}
+                for entry in self.cache.list():
+                    if not entry.transient:
+                        self.by_sha.setdefault(entry.sha256, []).append(entry)
+            found = [e for e in self.by_sha.get(sha256, []) if e.directory != directory]
+        return found[0] if found else None
+
+
+def _stamped(entry: CacheEntry) -> os.stat_result | None:
+    """The entry's file, if its stat still matches the stamp of its last full hash."""
+    try:
+        meta = read_metadata(entry.directory)
+        st = os.lstat(entry.path)
+    except (MetadataError, OSError):
+        return None
+    if meta.stamp is None or meta.stamp != FileStamp.of(st) or meta.sha256 != entry.sha256:
+        return None
+    return st
+
+
+def _reuse(
+    cache: Cache, src: ModelSource, f: RepoFile, commit: str, donors: _SameContent, o: EnsureOptions
+) -> CacheEntry | None:
+    """Link an LFS file from another commit's entry with the same SHA-256, if there is one
+    that is provably intact; None: let ``ensure`` find or fetch it."""
+    sha = f.lfs_sha256
+    directory = cache.entry_dir(src)
+    if sha is None or cache.lookup_fast(src, sha) is not None:
+        return None
+    donor = donors.donor(sha, directory)
+    st = _stamped(donor) if donor is not None else None
+    if donor is None or st is None or st.st_size != f.size:
+        return None
+    cache.prepare()
+    with cache.lock(directory).hold(cancel=o.cancel, timeout=o.lock_timeout):
+        if cache.lookup_verified(src, sha) is not None:
+            return None  # someone else got it meanwhile: an ordinary hit
+        directory.mkdir(exist_ok=True)
+        part, _ = part_paths(directory, src.file_name)
+        unlink_quiet(part)
+        linked = hardlink_or_copy(donor.path, part)
+        now = os.lstat(part)
+        same = (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+        if not (same if linked else sha256_file(part)[0] == sha):
+            unlink_quiet(part)
+            return None
+        entry = cache.promote(
+            src, directory, sha256=sha, size=f.size, etag=None, last_modified=None, commit=commit
+        )
+    if linked:
+        _restamp(cache, donor)
+    if o.progress is not None:
+        o.progress(ProgressEvent("adopted", src.display, f.size, f.size, "same content"))
+        o.progress(ProgressEvent("done", src.display, f.size, f.size))
+    return entry
+
+
 def _fetch_all(
     ref: RepoRef, commit: str, files: list[RepoFile], opts: EnsureOptions, progress: _Progress
 ) -> dict[str, CacheEntry]:
     """Every file as a verified entry; raises (after the others finished) if any failed."""
+    cache = Cache(opts.cache_dir)
+    donors = _SameContent(cache)
+
+    def fetch_one(f: RepoFile, o: EnsureOptions) -> CacheEntry:
+        src = ref.file(f.path, commit)
+        return _reuse(cache, src, f, commit, donors, o) or ensure(src, o)
+
     token = opts.cancel or CancelToken()
     workers = min(opts.parallel_files, max(1, len(files)))
     budget = opts.connection_budget or ConnectionBudget(max(0, opts.max_connections - workers))
@@ -326,8 +403,7 @@ def _fetch_all(
     pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="modelfetch-file")
     try:
         futures = {
-            pool.submit(ensure, ref.file(f.path, commit), _file_options(shared, f, progress)): f
-            for f in ordered
+            pool.submit(fetch_one, f, _file_options(shared, f, progress)): f for f in ordered
         }
         pending = set(futures)
         while pending:  # bounded by the downloads, which have their own limits
@@ -618,12 +694,15 @@ def _entry_dir_of(cache: Cache, target: Path) -> Path | None:
     return parent if parent.parent == cache.entries_dir else None
 
 
-def verify_snapshots(cache: Cache) -> list[VerifyResult]:
-    """Each snapshot end to end: every link reaches an entry of the cache whose verified
-    content is what the commit's tree lists (LFS SHA-256, git blob id, size). Run after the
-    entries themselves were verified (``Cache.verify``). A failing snapshot is removed."""
+def verify_snapshots(cache: Cache, only: Path | None = None) -> list[VerifyResult]:
+    """Each snapshot (or ``only`` that one) end to end: every link reaches an entry of the
+    cache whose verified content is what the commit's tree lists (LFS SHA-256, git blob id,
+    size). Run after the entries themselves were verified (``Cache.verify``). A failing
+    snapshot is removed."""
     results = []
     for repo_id, commit, path in iter_snapshots(cache.root):
+        if only is not None and path != only:
+            continue
         problem = _snapshot_problem(cache, repo_id, commit, path)
         if problem is not None:
             remove_snapshot_dir(path)
@@ -665,6 +744,16 @@ def _git_blob_id(path: Path) -> str | None:
     finally:
         os.close(fd)
     return sha1
+
+
+def verify_snapshot_files(cache: Cache, path: Path) -> list[VerifyResult]:
+    """Re-hash the entries a snapshot gathers, then check the snapshot itself."""
+    results = []
+    for target in sorted((read_links(path) or {}).values()):
+        entry_dir = _entry_dir_of(cache, target)
+        if entry_dir is not None:
+            results += cache.verify(entry_dir.name)
+    return results + verify_snapshots(cache, only=path)
 
 
 def find_snapshot(cache: Cache, text: str) -> Path | None:
