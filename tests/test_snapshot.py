@@ -49,7 +49,7 @@ INDEX = json.dumps(
     }
 ).encode()
 FILES = {
-    "config.json": b'{"model_type": "llama", "hidden_size": 8}\n',
+    "config.json": b'{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4}\n',
     "generation_config.json": b'{"do_sample": false}\n',
     "tokenizer.json": json.dumps({"vocab": list(range(2000))}).encode(),
     "model-00001-of-00002.safetensors": SHARD1,
@@ -217,7 +217,7 @@ def test_a_git_file_whose_content_does_not_hash_to_its_blob_id_is_refused(
     assert commit is not None
     # what the tree lists and what the hub then serves disagree (a corrupting proxy)
     real = commit.files["config.json"]
-    object.__setattr__(real, "data", b'{"model_type": "evil", "hidden_size": 8}\n')
+    object.__setattr__(real, "data", b'{"model_type": "evil", "hidden_size": 64, "x": 1}\n')
     with pytest.raises(IntegrityError, match="git blob id"):
         snapshot(f"hf://{REPO}", include="config.json", options=opts)
     assert Cache(opts.cache_dir).list() == []
@@ -249,8 +249,15 @@ def test_offline_repeat_and_offline_from_the_huggingface_cache(
         assert os.stat(blob).st_ino == os.stat(f.local_path).st_ino
 
 
-def hf_client(emu: HubEmulator, hub_cache: Path, code: str, offline: bool = False) -> str:
+def hf_client(
+    emu: HubEmulator,
+    hub_cache: Path,
+    code: str,
+    offline: bool = False,
+    extra_env: dict[str, str] | None = None,
+) -> str:
     env = {
+        **(extra_env or {}),
         **os.environ,
         "HF_ENDPOINT": emu.endpoint,
         "HF_HUB_CACHE": str(hub_cache),
@@ -463,3 +470,20 @@ def test_hub_cache_on_another_filesystem_gets_copies(
         }
     finally:
         shutil.rmtree(hub_cache, ignore_errors=True)
+
+
+def test_transformers_loads_the_config_offline(
+    emu: HubEmulator, opts: EnsureOptions, tmp_path: Path
+) -> None:
+    hub_cache = tmp_path / "hub"
+    snap = snapshot(f"hf://{REPO}", options=opts, hf_cache=hub_cache)
+    code = textwrap.dedent(f"""
+        import json
+        from transformers import AutoConfig
+        by_id = AutoConfig.from_pretrained({REPO!r})  # found in the hub cache, offline
+        by_dir = AutoConfig.from_pretrained({str(snap.path)!r})  # modelfetch's own snapshot
+        print(json.dumps([[c.model_type, c.hidden_size] for c in (by_id, by_dir)]))
+    """)
+    env = {"TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    out = json.loads(hf_client(emu, hub_cache, code, offline=True, extra_env=env))
+    assert out == [["llama", 64], ["llama", 64]]
