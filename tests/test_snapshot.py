@@ -388,6 +388,9 @@ def test_ls_verify_and_rm_keep_snapshots_consistent(emu: HubEmulator, opts: Ensu
     # removing any entry takes the snapshot with it: it never points at nothing
     cache.remove(str(victim.local_path.parent.name))
     assert not again.path.exists()
+    third = snapshot(f"hf://{REPO}", options=opts)
+    report = cache.prune(max_bytes=len(SHARD1))  # LRU entries go, and so does the snapshot
+    assert report.removed and not third.path.exists() and list_snapshots(cache) == []
 
 
 def test_hostile_tree_paths_are_refused(emu: HubEmulator, opts: EnsureOptions) -> None:
@@ -487,3 +490,28 @@ def test_transformers_loads_the_config_offline(
     env = {"TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     out = json.loads(hf_client(emu, hub_cache, code, offline=True, extra_env=env))
     assert out == [["llama", 64], ["llama", 64]]
+
+
+def test_the_hubs_linked_etag_must_agree_with_the_tree(
+    emu: HubEmulator, opts: EnsureOptions
+) -> None:
+    snapshot(f"hf://{REPO}", include="config.json", options=opts)  # the tree is now kept
+    commit = emu.resolve(REPO, "main")
+    assert commit is not None
+    shard = commit.files["model-00002-of-00002.safetensors"]
+    object.__setattr__(shard, "sha256", "0" * 64)  # the hub now names other content
+    with pytest.raises(IntegrityError, match="pinned"):
+        snapshot(f"hf://{REPO}", include="*.safetensors", options=opts)
+    assert emu.cdn.requests("GET", "0" * 64) == []  # refused before downloading it
+
+
+def test_a_split_gguf_needs_all_its_parts(emu: HubEmulator, opts: EnsureOptions) -> None:
+    emu.push(REPO, {"gguf/m-Q4_K_M-00001-of-00002.gguf": random_bytes(1000, seed=90)})
+    with pytest.raises(IntegrityError, match=r"m-Q4_K_M-00002-of-00002\.gguf"):
+        snapshot(f"hf://{REPO}", include="gguf/", options=opts)
+    emu.push(REPO, {"gguf/m-Q4_K_M-00002-of-00002.gguf": random_bytes(1000, seed=91)})
+    snap = snapshot(f"hf://{REPO}", include="gguf/", options=opts, policy="refresh")
+    assert sorted(tree_of(snap.path)) == [
+        "gguf/m-Q4_K_M-00001-of-00002.gguf",
+        "gguf/m-Q4_K_M-00002-of-00002.gguf",
+    ]
