@@ -146,3 +146,18 @@ def test_kill_9_in_the_middle_of_a_repository_resumes_what_was_there(
     assert len(rerun) == 1  # only the unfinished file, and only what it lacked
     assert (rerun[0].header("Range") or "").startswith(f"bytes={kept}-")
     assert rerun[0].body_bytes == len(FILES["b.safetensors"]) - kept
+
+
+def test_unwritable_places_are_one_line_errors(emu: HubEmulator, tmp_path: Path) -> None:
+    env, cache = env_for(emu, tmp_path), tmp_path / "cache"
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    proc = cli(cache, env, "get", f"hf://{REPO}", "--all", f"--hf-cache={not_a_dir}", ok=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Hugging Face cache" in proc.stderr and emu.cdn.log == []  # before any download
+    squatted = tmp_path / "cache-2"
+    squatted.mkdir()
+    (squatted / "snapshots").write_text("not a directory")
+    proc = cli(squatted, env, "get", f"hf://{REPO}", "--all", "-q", ok=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (squatted / "snapshots").read_text() == "not a directory"  # left alone

@@ -183,7 +183,11 @@ def adopt_from_hub_cache(
     if pinned is not None and pinned != name:
         return None  # the hub cache holds other content than the caller wants
     part, _ = part_paths(directory, source.file_name)  # the caller made the entry directory
-    adopted = repo.adopt(name, size, part)
+    try:
+        adopted = repo.adopt(name, size, part)
+    except OSError as exc:  # their cache, their permissions: then we download it
+        emitter.emit("warning", message=f"could not take it from the Hugging Face cache ({exc})")
+        return None
     if adopted is None:
         return None
     if opts.sha256 is not None and adopted.sha256 != opts.sha256:

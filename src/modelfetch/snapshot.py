@@ -41,6 +41,7 @@ from .ensure import credentials_for, ensure, offline_for
 from .errors import (
     CacheMissError,
     CancelledError,
+    CorruptCacheError,
     DownloadError,
     IntegrityError,
     InvalidSourceError,
@@ -364,11 +365,19 @@ def _reuse(
             return None  # someone else got it meanwhile: an ordinary hit
         directory.mkdir(exist_ok=True)
         part, _ = part_paths(directory, src.file_name)
-        unlink_quiet(part)
-        linked = hardlink_or_copy(donor.path, part)
-        now = os.lstat(part)
-        same = (now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
-        if not (same if linked else sha256_file(part)[0] == sha):
+        try:
+            unlink_quiet(part)
+            linked = hardlink_or_copy(donor.path, part)
+            now = os.lstat(part)
+            same = (now.st_ino, now.st_size, now.st_mtime_ns) == (
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+            )
+            intact = same if linked else sha256_file(part)[0] == sha
+        except OSError:
+            intact = False  # then ensure() downloads it
+        if not intact:
             unlink_quiet(part)
             return None
         entry = cache.promote(
@@ -552,6 +561,14 @@ def snapshot(
     if opts.policy is CachePolicy.NO_CACHE:
         raise InvalidSourceError("a snapshot is made of cache entries: no_cache cannot apply")
     ref = source if isinstance(source, RepoRef) else RepoRef.parse(source)
+    try:
+        return _snapshot(ref, include, exclude, opts)
+    except OSError as exc:  # the cache's own disk: unwritable, full, ...
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise ModelFetchError(f"{ref.display}: {exc.strerror or exc}{where}") from None
+
+
+def _snapshot(ref: RepoRef, include: Patterns, exclude: Patterns, opts: EnsureOptions) -> Snapshot:
     cache = Cache(opts.cache_dir)
     offline = offline_for(_as_hub_source(ref)) or opts.policy is CachePolicy.CACHE_ONLY
     if offline:
@@ -560,6 +577,13 @@ def snapshot(
         cache.prepare()
     setting = hub_cache_setting(opts.hf_cache)
     hub_repo = HubCacheRepo(setting.root, ref.repo_id) if setting.root is not None else None
+    if setting.publish and setting.root is not None:
+        try:  # find out now, not after downloading everything
+            setting.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CorruptCacheError(
+                f"the Hugging Face cache at {setting.root} cannot be used: {exc.strerror or exc}"
+            ) from None
     emitter = ProgressEmitter(opts.progress, ref.display)
     commit = resolve_commit(ref, opts, cache.root, offline, emitter, hub_repo)
     tree = load_tree(ref, commit, opts, cache.root, offline, emitter, hub_repo)
