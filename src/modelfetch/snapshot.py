@@ -226,7 +226,9 @@ def load_tree(
     Face cache's, else the tree API (then kept, as trees never change for a commit)."""
     mine = cached_tree_path(root, ref.repo_id, commit)
     tree = read_tree_file(mine)
-    if tree is None and hub_repo is not None:
+    if tree is not None:
+        return tree
+    if hub_repo is not None:
         tree = hub_repo.read_tree(commit)
     if tree is None and offline:
         raise CacheMissError(
@@ -240,8 +242,10 @@ def load_tree(
             lambda url: _api(url, creds, opts, emitter),
             ref.repo_id,
         )
-    if read_tree_file(mine) is None:
+    try:
         write_tree_file(mine, tree)
+    except OSError:
+        pass  # only a saved request: a read-only cache still works from the hub's answer
     return tree
 
 
