@@ -218,7 +218,7 @@ def test_a_git_file_whose_content_does_not_hash_to_its_blob_id_is_refused(
     # what the tree lists and what the hub then serves disagree (a corrupting proxy)
     real = commit.files["config.json"]
     object.__setattr__(real, "data", b'{"model_type": "evil", "hidden_size": 64, "x": 1}\n')
-    with pytest.raises(IntegrityError, match="git blob id"):
+    with pytest.raises(IntegrityError, match="git blob SHA-1 mismatch"):
         snapshot(f"hf://{REPO}", include="config.json", options=opts)
     assert Cache(opts.cache_dir).list() == []
 

@@ -95,14 +95,24 @@ def parse_hub_headers(headers: dict[str, str], *, final: bool = False) -> HubFil
     )
 
 
+class HubApiError(DownloadError):
+    """The hub refused a request and said why: ``error_code`` is its X-Error-Code."""
+
+    def __init__(self, message: str, *, status: int, error_code: str) -> None:
+        super().__init__(message, status=status)
+        self.error_code = error_code
+
+
 def hub_error(resp: Response, url: str) -> Exception:
     """The exception for a refused hub request, worded from the hub's X-Error-Code."""
     from .download import status_error
 
     code = (resp.header("X-Error-Code") or "").strip()
     if code in _HUB_ERRORS and resp.status < 500:
-        return DownloadError(
-            f"HTTP {resp.status} for {redact_url(url)}: {_HUB_ERRORS[code]}", status=resp.status
+        return HubApiError(
+            f"HTTP {resp.status} for {redact_url(url)}: {_HUB_ERRORS[code]}",
+            status=resp.status,
+            error_code=code,
         )
     return status_error(resp.status, redact_url(url), resp.header("Retry-After"))
 

@@ -1,8 +1,6 @@
 """A Hugging Face repository at one commit: which commit a revision names, and its files.
 
-* ``resolve_commit``: ``GET /api/models/{repo}/revision/{rev}`` answers the commit (``sha``)
-  a branch or tag points at now. A 40-hex revision is already a commit and needs no call.
-* ``list_tree``: ``GET /api/models/{repo}/tree/{rev}?recursive=true``, paginated with
+* ``list_tree_pages``: ``GET /api/models/{repo}/tree/{rev}?recursive=true``, paginated with
   ``Link: <...>; rel="next"``. Each file item carries its git blob id (``oid``), its size,
   and for LFS files ``lfs: {oid: <sha256>, size}``: what every downloaded file is checked
   against.
@@ -27,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DownloadError, InvalidSourceError
+from .cancel import CancelToken
+from .errors import DownloadError, InvalidSourceError, storage_error
 from .fsutil import atomic_write_bytes, read_regular_file
+from .layout import REFS, TREES, Layout
 from .metadata import MAX_SIZE
 from .redact import redact_url
 from .source import DEFAULT_HF_ENDPOINT, ModelSource
@@ -196,9 +196,9 @@ def repo_dir_name(repo_id: str) -> str:
     return repo_id.replace("/", "--")
 
 
-def cached_tree_path(root: Path, repo_id: str, commit: str) -> Path:
+def cached_tree_path(layout: Layout, repo_id: str, commit: str) -> Path:
     """Where modelfetch keeps a commit's tree listing under its own cache root."""
-    return root / "trees" / repo_dir_name(repo_id) / f"{commit}.json"
+    return layout.path(TREES) / repo_dir_name(repo_id) / f"{commit}.json"
 
 
 # -- the hub API ----------------------------------------------------------------------------
@@ -206,42 +206,16 @@ def hub_endpoint(explicit: str | None) -> str:
     return (explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
 
 
-class HubApiError(DownloadError):
-    """The hub API refused a request; ``error_code`` is its X-Error-Code (RepoNotFound,
-    RevisionNotFound, EntryNotFound, ...) when it sent one."""
-
-    def __init__(self, message: str, *, status: int, error_code: str | None) -> None:
-        super().__init__(message, status=status)
-        self.error_code = error_code
-
-
-def _api_error(status: int, url: str, retry_after: str | None, error_code: str | None) -> Exception:
-    from .http_client import RetryableError, parse_retry_after
-
-    if status in (408, 429) or status >= 500:
-        after = parse_retry_after(retry_after)
-        return RetryableError(f"HTTP {status} from {redact_url(url)}", after)
-    hints = {
-        "RepoNotFound": "no such repository (or it is private: pass a token)",
-        "RevisionNotFound": "no such branch, tag or commit in this repository",
-        "EntryNotFound": "no such file or folder at this revision",
-    }
-    hint = hints.get(error_code or "") or {
-        401: "the hub wants a token for this repository (HF_TOKEN or --token)",
-        403: "access denied: the token may not read this repository (gated?)",
-        404: "not found: check the repository id and revision",
-    }.get(status, "the hub refused the request")
-    code = error_code if error_code in hints else None
-    return HubApiError(
-        f"HTTP {status} for {redact_url(url)}: {hint}", status=status, error_code=code
-    )
-
-
 def get_json(
-    url: str, creds: Mapping[str, str], connect_timeout: float, read_timeout: float
+    url: str,
+    creds: Mapping[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    cancel: CancelToken | None = None,
 ) -> tuple[Any, str | None]:
     """One GET of a hub API URL: the parsed JSON body and the ``Link`` header."""
-    from .http_client import open_url  # the network stack: only loaded when asking the hub
+    from .hf import hub_error  # the network stack: only loaded when the hub is asked
+    from .http_client import open_url
 
     resp = open_url(
         url,
@@ -249,12 +223,11 @@ def get_json(
         credentials=creds,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        cancel=cancel,
     )
     try:
         if resp.status != 200:
-            raise _api_error(
-                resp.status, url, resp.header("Retry-After"), resp.header("X-Error-Code")
-            )
+            raise hub_error(resp, url)
         body = resp.raw.read(MAX_PAGE_BYTES + 1, decode_content=True)
         link = resp.header("Link")
     finally:
@@ -267,20 +240,9 @@ def get_json(
         raise DownloadError(f"the hub sent unreadable JSON from {redact_url(url)}") from None
 
 
-def revision_url(endpoint: str, repo_id: str, revision: str) -> str:
-    return f"{endpoint}/api/models/{repo_id}/revision/{urllib.parse.quote(revision, safe='')}"
-
-
 def tree_url(endpoint: str, repo_id: str, revision: str) -> str:
     rev = urllib.parse.quote(revision, safe="")
     return f"{endpoint}/api/models/{repo_id}/tree/{rev}?recursive=true"
-
-
-def commit_of(doc: object, repo_id: str) -> str:
-    sha = doc.get("sha") if isinstance(doc, dict) else None
-    if not isinstance(sha, str) or not COMMIT.match(sha):
-        raise DownloadError(f"the hub did not name a commit for {repo_id}")
-    return sha
 
 
 def next_link(header: str | None, current: str) -> str | None:
@@ -332,19 +294,20 @@ def list_tree_pages(
 
 
 # -- remembered resolutions (<root>/refs/<sha256 of identity>.json) --------------------------
-REFS = "refs"
 MAX_REF_BYTES = 64 * 1024
 
 
-def _ref_file(root: Path, identity: str) -> Path:
-    return root / REFS / f"{hashlib.sha256(identity.encode('utf-8')).hexdigest()}.json"
+def _ref_file(layout: Layout, identity: str) -> Path:
+    return layout.path(REFS) / f"{hashlib.sha256(identity.encode('utf-8')).hexdigest()}.json"
 
 
-def recall(root: Path, identity: str) -> dict[str, Any] | None:
+def recall(layout: Layout, identity: str) -> dict[str, Any] | None:
     """What was remembered for ``identity`` (a tag's file, a revision's commit), or None;
     read as hostile input like any sidecar."""
+    if not layout.has(REFS):
+        return None
     try:
-        doc = json.loads(read_regular_file(_ref_file(root, identity), MAX_REF_BYTES))
+        doc = json.loads(read_regular_file(_ref_file(layout, identity), MAX_REF_BYTES))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or doc.get("identity") != identity:
@@ -352,7 +315,11 @@ def recall(root: Path, identity: str) -> dict[str, Any] | None:
     return doc
 
 
-def remember(root: Path, identity: str, **values: str) -> None:
-    (root / REFS).mkdir(parents=True, exist_ok=True)
+def remember(layout: Layout, identity: str, **values: str) -> None:
+    layout.create(REFS)
     doc = {"identity": identity, **values}
-    atomic_write_bytes(_ref_file(root, identity), json.dumps(doc).encode("utf-8"))
+    path = _ref_file(layout, identity)
+    try:
+        atomic_write_bytes(path, json.dumps(doc).encode("utf-8"))
+    except OSError as exc:
+        raise storage_error(exc, path, root=layout.root) from None

@@ -24,8 +24,9 @@ from typing import Any
 
 from .cache import Cache
 from .errors import DownloadError, InvalidSourceError, ModelFetchError
+from .hf import HubApiError
 from .hfcache import HubCacheRepo, hub_cache_setting
-from .hubtree import HubApiError, RepoFile
+from .hubtree import RepoFile
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressEmitter
 from .snapshot import load_tree, resolve_commit
@@ -119,7 +120,7 @@ class MirrorApi:
         return _error(404, "unknown API route")
 
     def _commit_and_tree(self, ref: RepoRef) -> tuple[str, list[RepoFile]]:
-        root = self.cache.root
+        root = self.cache.layout
         emitter = ProgressEmitter(None, ref.display)
         setting = hub_cache_setting(self.options.hf_cache)
         hub = HubCacheRepo(setting.root, ref.repo_id) if setting.root is not None else None

@@ -14,19 +14,14 @@ offline.
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.parse
-from pathlib import Path
 
 from .errors import CacheMissError, DownloadError, InvalidSourceError
-from .fsutil import atomic_write_bytes, read_regular_file
-from .layout import REFS, Layout
+from .hubtree import follow_pages, get_json, hub_endpoint, recall, remember, tree_url
+from .layout import Layout
 from .options import EnsureOptions
-from .source import DEFAULT_HF_ENDPOINT, ModelSource
+from .source import ModelSource
 
-MAX_PAGES = 50
-MAX_LISTING_BYTES = 32 * 1024 * 1024
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
@@ -62,86 +57,35 @@ def list_repo_files(
     source: ModelSource, opts: EnsureOptions, creds: dict[str, str], commit: str
 ) -> list[str]:
     """Every file path of the repo at ``commit`` (an immutable listing, however paged)."""
-    # Network modules (urllib3) only when we really list: a remembered tag is a cache hit.
-    from .hf import hub_error
-    from .http_client import open_url
-
     assert source.repo_id
-    endpoint = (opts.hf_endpoint or _env_endpoint()).rstrip("/")
-    rev = urllib.parse.quote(commit, safe="")
-    url: str | None = f"{endpoint}/api/models/{source.repo_id}/tree/{rev}?recursive=true"
+    url = tree_url(hub_endpoint(opts.hf_endpoint), source.repo_id, commit)
     paths: list[str] = []
-    for _page in range(MAX_PAGES):
-        if url is None:
-            return paths
-        resp = open_url(
-            url,
-            headers={"Accept": "application/json"},
-            credentials=creds,
-            connect_timeout=opts.connect_timeout,
-            read_timeout=opts.read_timeout,
-            cancel=opts.cancel,
-        )
-        try:
-            if resp.status != 200:
-                raise hub_error(resp, url)
-            body = resp.raw.read(MAX_LISTING_BYTES + 1, decode_content=True)
-            link = resp.header("Link")
-        finally:
-            resp.close()
-        if len(body) > MAX_LISTING_BYTES:
-            raise DownloadError(f"the file list of {source.repo_id} is implausibly large")
-        try:
-            items = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise DownloadError(
-                f"the hub sent an unreadable file list for {source.repo_id}"
-            ) from None
+    for items in follow_pages(
+        url,
+        lambda page: get_json(
+            page, creds, opts.connect_timeout, opts.read_timeout, cancel=opts.cancel
+        ),
+        source.repo_id,
+    ):
         if not isinstance(items, list):
             raise DownloadError(f"the hub sent an unexpected file list for {source.repo_id}")
-        for item in items:
+        for item in items:  # only names matter here: a file we cannot fetch is never chosen
             if isinstance(item, dict) and item.get("type") == "file":
                 path = item.get("path")
                 if isinstance(path, str) and 0 < len(path) <= 1024:
                     paths.append(path)
-        url = _next_link(link, url)
-    raise DownloadError(f"the file list of {source.repo_id} has more than {MAX_PAGES} pages")
-
-
-def _next_link(header: str | None, current: str) -> str | None:
-    if not header:
-        return None
-    for part in header.split(","):
-        m = re.match(r'\s*<([^>]+)>\s*;\s*rel="?next"?', part)
-        if m:
-            target = urllib.parse.urljoin(current, m.group(1))
-            return target if target.startswith(("http://", "https://")) else None
-    return None
-
-
-def _env_endpoint() -> str:
-    import os
-
-    return os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT
-
-
-def _ref_path(layout: Layout, source: ModelSource) -> Path:
-    return layout.path(REFS) / f"{source.cache_key}.json"
+    return paths
 
 
 def read_ref(layout: Layout, source: ModelSource) -> ModelSource | None:
     """The remembered resolution of a tag, treated as hostile input like any sidecar."""
-    if not layout.has(REFS):
+    doc = recall(layout, source.identity)
+    if doc is None:
         return None
     try:
-        data = read_regular_file(_ref_path(layout, source), 64 * 1024)
-        doc = json.loads(data.decode("utf-8"))
-        if not isinstance(doc, dict) or doc.get("identity") != source.identity:
-            return None
-        path = doc.get("path")
         assert source.repo_id and source.revision
-        return ModelSource.huggingface(source.repo_id, str(path), source.revision)
-    except (OSError, ValueError, RecursionError, InvalidSourceError):
+        return ModelSource.huggingface(source.repo_id, str(doc.get("path")), source.revision)
+    except InvalidSourceError:
         return None
 
 
@@ -167,7 +111,7 @@ def resolve(
     from .hf import resolve_commit
 
     assert source.repo_id and source.revision
-    endpoint = opts.hf_endpoint or _env_endpoint()
+    endpoint = hub_endpoint(opts.hf_endpoint)
     commit = resolve_commit(
         endpoint,
         source.repo_id,
@@ -186,9 +130,5 @@ def resolve(
         )
     resolved = ModelSource.huggingface(source.repo_id, chosen, source.revision)
     pins[(source.repo_id, source.revision)] = commit
-    layout.create(REFS)
-    atomic_write_bytes(
-        _ref_path(layout, source),
-        json.dumps({"identity": source.identity, "path": chosen}).encode("utf-8"),
-    )
+    remember(layout, source.identity, path=chosen)
     return resolved

@@ -40,6 +40,7 @@ from .download import HttpDownloader
 from .ensure import credentials_for, ensure, offline_for
 from .errors import (
     CacheMissError,
+    CacheStorageError,
     CancelledError,
     CorruptCacheError,
     DownloadError,
@@ -48,23 +49,23 @@ from .errors import (
     ModelFetchError,
 )
 from .fsutil import content_digests, hardlink_or_copy, read_regular_file, sha256_file, unlink_quiet
+from .hf import resolve_commit as hub_resolve_commit
 from .hfcache import HubCacheRepo, hub_cache_setting
 from .hubtree import (
     COMMIT,
     RepoFile,
     cached_tree_path,
-    commit_of,
     get_json,
     hub_endpoint,
     list_tree_pages,
     read_tree_file,
     recall,
     remember,
-    revision_url,
     tree_url,
     valid_repo_path,
     write_tree_file,
 )
+from .layout import REFS, TREES, Layout
 from .metadata import FileStamp, MetadataError, read_metadata, write_metadata
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressCallback, ProgressEmitter, ProgressEvent
@@ -177,14 +178,15 @@ def _api(
     """One hub API GET, with the same retries and back-off as a download."""
     retry = HttpDownloader(url, creds, opts, emitter)
     return retry.retrying(
-        lambda: get_json(url, creds, opts.connect_timeout, opts.read_timeout), lambda: None
+        lambda: get_json(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel),
+        lambda: None,
     )
 
 
 def resolve_commit(
     ref: RepoRef,
     opts: EnsureOptions,
-    root: Path,
+    layout: Layout,
     offline: bool,
     emitter: ProgressEmitter,
     hub_repo: HubCacheRepo | None,
@@ -193,7 +195,7 @@ def resolve_commit(
     refreshing; offline also from the Hugging Face cache's refs; else asked once."""
     if COMMIT.match(ref.revision):
         return ref.revision
-    remembered = recall(root, _revision_identity(ref))
+    remembered = recall(layout, _revision_identity(ref))
     commit = remembered.get("commit") if remembered else None
     fresh_wanted = opts.policy is CachePolicy.REFRESH and not offline
     if isinstance(commit, str) and COMMIT.match(commit) and not fresh_wanted:
@@ -206,10 +208,22 @@ def resolve_commit(
             f"{ref.display} was never resolved to a commit on this machine and offline mode "
             "is on (or the policy is cache-only); fetch it once while online"
         )
-    url = revision_url(hub_endpoint(opts.hf_endpoint), ref.repo_id, ref.revision)
-    doc, _ = _api(url, credentials_for(_as_hub_source(ref), opts), opts, emitter)
-    commit = commit_of(doc, ref.repo_id)
-    remember(root, _revision_identity(ref), commit=commit)
+    endpoint = hub_endpoint(opts.hf_endpoint)
+    creds = credentials_for(_as_hub_source(ref), opts)
+    retry = HttpDownloader(endpoint, creds, opts, emitter)  # the download's retry rules
+    commit = retry.retrying(
+        lambda: hub_resolve_commit(
+            endpoint,
+            ref.repo_id,
+            ref.revision,
+            creds,
+            opts.connect_timeout,
+            opts.read_timeout,
+            cancel=opts.cancel,
+        ),
+        lambda: None,
+    )
+    remember(layout, _revision_identity(ref), commit=commit)
     return commit
 
 
@@ -217,14 +231,14 @@ def load_tree(
     ref: RepoRef,
     commit: str,
     opts: EnsureOptions,
-    root: Path,
+    layout: Layout,
     offline: bool,
     emitter: ProgressEmitter,
     hub_repo: HubCacheRepo | None,
 ) -> list[RepoFile]:
     """Every file of the repo at ``commit``: from modelfetch's tree cache, else the Hugging
     Face cache's, else the tree API (then kept, as trees never change for a commit)."""
-    mine = cached_tree_path(root, ref.repo_id, commit)
+    mine = cached_tree_path(layout, ref.repo_id, commit)
     tree = read_tree_file(mine)
     if tree is not None:
         return tree
@@ -243,8 +257,9 @@ def load_tree(
             ref.repo_id,
         )
     try:
+        layout.create(TREES)
         write_tree_file(mine, tree)
-    except OSError:
+    except (OSError, CacheStorageError):
         pass  # only a saved request: a read-only cache still works from the hub's answer
     return tree
 
@@ -589,8 +604,8 @@ def _snapshot(ref: RepoRef, include: Patterns, exclude: Patterns, opts: EnsureOp
                 f"the Hugging Face cache at {setting.root} cannot be used: {exc.strerror or exc}"
             ) from None
     emitter = ProgressEmitter(opts.progress, ref.display)
-    commit = resolve_commit(ref, opts, cache.root, offline, emitter, hub_repo)
-    tree = load_tree(ref, commit, opts, cache.root, offline, emitter, hub_repo)
+    commit = resolve_commit(ref, opts, cache.layout, offline, emitter, hub_repo)
+    tree = load_tree(ref, commit, opts, cache.layout, offline, emitter, hub_repo)
     chosen = select(tree, include, exclude)
     if not chosen:
         raise InvalidSourceError(
@@ -671,10 +686,12 @@ class SnapshotInfo:
         }
 
 
-def _revisions_by_commit(root: Path) -> dict[tuple[str, str], list[str]]:
+def _revisions_by_commit(layout: Layout) -> dict[tuple[str, str], list[str]]:
     """(repo id, commit) -> revisions remembered as resolving to it (refs/*.json)."""
     out: dict[tuple[str, str], list[str]] = {}
-    refs = root / "refs"
+    if not layout.has(REFS):
+        return out
+    refs = layout.path(REFS)
     try:
         names = sorted(os.listdir(refs))[:100_000]
     except OSError:
@@ -694,7 +711,7 @@ def _revisions_by_commit(root: Path) -> dict[tuple[str, str], list[str]]:
 
 def list_snapshots(cache: Cache) -> list[SnapshotInfo]:
     """Every intact snapshot directory of the cache."""
-    revisions = _revisions_by_commit(cache.root)
+    revisions = _revisions_by_commit(cache.layout)
     out = []
     for snap in snapdir_list(cache.root):
         size = 0
@@ -742,7 +759,7 @@ def _snapshot_problem(cache: Cache, repo_id: str, commit: str, path: Path) -> st
     links = read_links(path)
     if links is None:
         return "a file is missing or not a link: snapshot removed"
-    tree = read_tree_file(cached_tree_path(cache.root, repo_id, commit))
+    tree = read_tree_file(cached_tree_path(cache.layout, repo_id, commit))
     listed = {f.path: f for f in tree or []}
     for repo_path, target in sorted(links.items()):
         entry_dir = _entry_dir_of(cache, target)
