@@ -492,7 +492,7 @@ def test_transformers_loads_the_config_offline(
     assert out == [["llama", 64], ["llama", 64]]
 
 
-def test_the_hubs_linked_etag_must_agree_with_the_tree(
+def test_what_the_hub_names_must_agree_with_the_tree(
     emu: HubEmulator, opts: EnsureOptions
 ) -> None:
     snapshot(f"hf://{REPO}", include="config.json", options=opts)  # the tree is now kept
@@ -503,6 +503,9 @@ def test_the_hubs_linked_etag_must_agree_with_the_tree(
     with pytest.raises(IntegrityError, match="pinned"):
         snapshot(f"hf://{REPO}", include="*.safetensors", options=opts)
     assert emu.cdn.requests("GET", "0" * 64) == []  # refused before downloading it
+    object.__setattr__(commit.files["tokenizer.json"], "git_oid", "1" * 40)  # and for git
+    with pytest.raises(IntegrityError, match="file list"):
+        snapshot(f"hf://{REPO}", include="tokenizer.json", options=opts)
 
 
 def test_a_split_gguf_needs_all_its_parts(emu: HubEmulator, opts: EnsureOptions) -> None:
