@@ -492,9 +492,7 @@ def test_transformers_loads_the_config_offline(
     assert out == [["llama", 64], ["llama", 64]]
 
 
-def test_what_the_hub_names_must_agree_with_the_tree(
-    emu: HubEmulator, opts: EnsureOptions
-) -> None:
+def test_what_the_hub_names_must_agree_with_the_tree(emu: HubEmulator, opts: EnsureOptions) -> None:
     snapshot(f"hf://{REPO}", include="config.json", options=opts)  # the tree is now kept
     commit = emu.resolve(REPO, "main")
     assert commit is not None
