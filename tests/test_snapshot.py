@@ -338,23 +338,33 @@ def test_the_connection_budget_is_shared_and_returned(
     assert tree_of(snap.path) == big
     assert budget.peak == 2  # extra connections were asked for, and never more than granted
     assert budget.in_use == 0  # every one handed back
-    # each file's first connection plus at most the 2 extra ones, in all
-    assert len(emu.cdn.requests("GET")) <= 3 + 2 * 4  # (re-splits reuse the same workers)
 
 
 def test_small_files_do_not_wait_behind_large_ones(emu: HubEmulator, opts: EnsureOptions) -> None:
-    emu.push(REPO, {"huge.bin": random_bytes(8_000_000, seed=60)})
-    emu.cdn.rate = 4_000_000.0
-    seen: list[tuple[int, int]] = []
-    snapshot(
-        f"hf://{REPO}",
-        options=opts,
-        parallel_files=2,
-        progress=lambda e: seen.append((e.files_done or 0, e.bytes_done)),
-    )
-    total = sum(len(d) for d in FILES.values()) + 8_000_000
-    # every other file was done while the big one still had bytes to come
-    assert any(files == len(FILES) and done < total for files, done in seen)
+    # Two big files that sort first by name; their CDN answers are held back until every
+    # other file is done. Queued behind them, the small files would never get a worker.
+    big = {
+        "a-big.bin": random_bytes(4_000_000, seed=60),
+        "b-big.bin": random_bytes(4_100_000, seed=61),
+    }
+    emu.push(REPO, big)
+    held = {hashlib.sha256(d).hexdigest() for d in big.values()}
+    released = threading.Event()
+
+    def hold_big(request: Any) -> None:
+        if request.method == "GET" and any(sha in request.path for sha in held):
+            released.wait(30)  # bounded: a failing test still ends
+
+    def on_progress(event: ProgressEvent) -> None:
+        if (event.files_done or 0) >= len(FILES):
+            released.set()
+
+    emu.cdn.on_request = hold_big
+    snap = snapshot(f"hf://{REPO}", options=opts, parallel_files=2, progress=on_progress)
+    assert released.is_set() and tree_of(snap.path) == {**FILES, **big}
+    # the big files were asked for only after every small one had arrived
+    gets = [r.path for r in emu.cdn.requests("GET")]
+    assert all(any(sha in p for sha in held) for p in gets[-2:])
 
 
 def test_async_snapshot(emu: HubEmulator, opts: EnsureOptions) -> None:
