@@ -16,11 +16,8 @@ these links; they exist for the consumers of the files.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Iterator, Mapping
@@ -103,6 +100,8 @@ def _publish(folder: Path, commit: str, files: Mapping[str, Path]) -> Path:
     wanted = {**have, **{p: Path(os.path.normpath(t)) for p, t in files.items()}}
     if have and have == wanted:
         return final  # already exactly this
+    import shutil  # publishing only; cache.py imports this module on every hit
+
     tmp = temp_sibling(final)
     tmp.mkdir()
     try:
@@ -126,6 +125,8 @@ def _install(tmp: Path, final: Path) -> None:
         return
     if _exchange(tmp, final):
         return  # the old snapshot is now at tmp; the caller removes it
+    import shutil
+
     aside = temp_sibling(final)
     os.rename(final, aside)
     try:
@@ -135,6 +136,9 @@ def _install(tmp: Path, final: Path) -> None:
 
 
 def _exchange(a: Path, b: Path) -> bool:
+    import ctypes
+    import ctypes.util
+
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         renameat2 = libc.renameat2
@@ -171,6 +175,8 @@ def list_snapshots(root: Path) -> list[SnapshotDir]:
 
 
 def remove(path: Path) -> None:
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)  # unlinks links, never their targets
 
 

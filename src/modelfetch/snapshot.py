@@ -20,8 +20,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import fnmatch
 import functools
 import json
@@ -36,7 +34,6 @@ from typing import Any
 from .budget import ConnectionBudget
 from .cache import Cache, CacheEntry, VerifyResult
 from .cancel import CancelToken
-from .download import HttpDownloader
 from .ensure import credentials_for, ensure, offline_for
 from .errors import (
     CacheMissError,
@@ -49,7 +46,6 @@ from .errors import (
     ModelFetchError,
 )
 from .fsutil import content_digests, hardlink_or_copy, read_regular_file, sha256_file, unlink_quiet
-from .hf import resolve_commit as hub_resolve_commit
 from .hfcache import HubCacheRepo, hub_cache_setting
 from .hubtree import (
     COMMIT,
@@ -69,13 +65,15 @@ from .layout import REFS, TREES, Layout
 from .metadata import FileStamp, MetadataError, read_metadata, write_metadata
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressCallback, ProgressEmitter, ProgressEvent
-from .resume import part_paths
 from .shards import SHARD
 from .snapdir import iter_snapshots, read_links
 from .snapdir import list_snapshots as snapdir_list
 from .snapdir import publish as publish_snapshot_dir
 from .snapdir import remove as remove_snapshot_dir
 from .source import ModelSource, RepoRef
+
+# The download machinery (urllib3, the engine, asyncio) is imported where a download needs
+# it: ``import modelfetch`` and cache hits stay cheap (see ensure.py).
 
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 Patterns = str | Sequence[str] | None
@@ -176,6 +174,8 @@ def _api(
     url: str, creds: dict[str, str], opts: EnsureOptions, emitter: ProgressEmitter
 ) -> tuple[Any, str | None]:
     """One hub API GET, with the same retries and back-off as a download."""
+    from .download import HttpDownloader
+
     retry = HttpDownloader(url, creds, opts, emitter)
     return retry.retrying(
         lambda: get_json(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel),
@@ -208,6 +208,9 @@ def resolve_commit(
             f"{ref.display} was never resolved to a commit on this machine and offline mode "
             "is on (or the policy is cache-only); fetch it once while online"
         )
+    from .download import HttpDownloader
+    from .hf import resolve_commit as hub_resolve_commit
+
     endpoint = hub_endpoint(opts.hf_endpoint)
     creds = credentials_for(_as_hub_source(ref), opts)
     retry = HttpDownloader(endpoint, creds, opts, emitter)  # the download's retry rules
@@ -370,6 +373,8 @@ def _reuse(
 ) -> CacheEntry | None:
     """Link an LFS file from another commit's entry with the same SHA-256, if there is one
     that is provably intact; None: let ``ensure`` find or fetch it."""
+    from .resume import part_paths
+
     sha = f.lfs_sha256
     directory = cache.entry_dir(src)
     if sha is None or cache.lookup_fast(src, sha) is not None:
@@ -414,6 +419,8 @@ def _fetch_all(
     ref: RepoRef, commit: str, files: list[RepoFile], opts: EnsureOptions, progress: _Progress
 ) -> dict[str, CacheEntry]:
     """Every file as a verified entry; raises (after the others finished) if any failed."""
+    import concurrent.futures
+
     cache = Cache(opts.cache_dir)
     donors = _SameContent(cache)
 
@@ -650,6 +657,8 @@ async def snapshot_async(
     **overrides: Any,
 ) -> Snapshot:
     """``snapshot`` in a worker thread; cancelling the task fires the cancel token."""
+    import asyncio
+
     opts = _merged(options, overrides)
     if opts.cancel is None:
         opts = opts.merged(cancel=CancelToken())
