@@ -83,6 +83,7 @@ class FaultServer:
         self.resources: dict[str, Resource] = {}
         self.closing = threading.Event()
         self.log: list[LoggedRequest] = []
+        self.body_bytes: dict[str, int] = {}  # body bytes written per path (origin traffic)
         self._lock = threading.Lock()
         server = self
 
@@ -194,12 +195,14 @@ class FaultServer:
                         piece = body[i : i + res.chunk]
                         if drop is not None and sent + len(piece) > drop:
                             self.wfile.write(piece[: max(0, drop - sent)])
+                            server.count_body(path, max(0, drop - sent))
                             self.wfile.flush()
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
                             return
                         self.wfile.write(piece)
                         sent += len(piece)
+                        server.count_body(path, len(piece))
                         if res.delay_per_chunk:
                             time.sleep(res.delay_per_chunk)
                 except (BrokenPipeError, ConnectionResetError, OSError):
@@ -258,6 +261,10 @@ class FaultServer:
         self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def count_body(self, path: str, n: int) -> None:
+        with self._lock:
+            self.body_bytes[path] = self.body_bytes.get(path, 0) + n
 
     def add(self, path: str, resource: Resource) -> str:
         self.resources[path] = resource

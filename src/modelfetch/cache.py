@@ -96,6 +96,10 @@ class CacheEntry:
     # For a split GGUF: its first shard inside a directory that holds every shard (as
     # links), which is the path llama.cpp and friends need. None for a single file.
     set_path: Path | None = field(default=None, compare=False)
+    # How ensure() got it: "cache", "revalidated", "origin", "tier" (a finished copy in the
+    # shared tier), "peer" (streamed from another machine's download), "takeover" (that
+    # machine died; finished from the origin). None for entries read by Cache methods.
+    via: str | None = field(default=None, compare=False)
 
     @classmethod
     def from_metadata(cls, directory: Path, meta: EntryMetadata, last_used: float) -> CacheEntry:
@@ -132,6 +136,7 @@ class CacheEntry:
             "last_used": self.last_used,
             "commit": self.commit,
             "set_path": str(self.set_path) if self.set_path else None,
+            "via": self.via,
         }
 
 

@@ -362,6 +362,7 @@ class HttpDownloader:
                 ),
                 persist=lambda snap: save_part_state(state_path, state.with_segments(snap)),
                 on_bytes=self.emit.bytes,
+                on_hashed=self.emit.hashed,
                 cancel=self.opts.cancel,
                 connections=connections,
                 ramp_below=(

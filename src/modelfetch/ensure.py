@@ -289,7 +289,8 @@ def _lookup_hit(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEnt
     """A hit the policy lets us serve without a lock or a request (stat stamp proven)."""
     if _policy(src, opts) in (CachePolicy.NO_CACHE, CachePolicy.REFRESH):
         return None
-    return cache.lookup_fast(src, opts.sha256)
+    hit = cache.lookup_fast(src, opts.sha256)
+    return None if hit is None else replace(hit, via="cache")
 
 
 def _ensure_one(
@@ -322,7 +323,7 @@ def _ensure_one(
         hit = cache.lookup_readonly(src, opts.sha256)
         if hit is not None:
             emitter.emit("cache_hit", hit.bytes, hit.bytes)
-            return hit
+            return replace(hit, via="cache")
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src)) from None
         raise
@@ -346,14 +347,14 @@ def _ensure_locked(
         existing = cache.lookup_verified(src, opts.sha256)
         if existing is not None and policy is not CachePolicy.REFRESH:
             emitter.emit("cache_hit", existing.bytes, existing.bytes)
-            return existing
+            return replace(existing, via="cache")
         if policy is not CachePolicy.REFRESH and _may_adopt(src, opts):
             cache.make_entry_dir(directory, src.file_name)
             adopted = adopt_from_hub_cache(src, directory, opts, emitter)
             if adopted is not None:
                 entry = _promote(cache, src, directory, adopted)
                 emitter.emit("done", entry.bytes, entry.bytes)
-                return entry
+                return replace(entry, via="hf_cache")
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src))
         cache.make_entry_dir(directory, src.file_name)
@@ -361,20 +362,32 @@ def _ensure_locked(
 
         logging.getLogger("modelfetch").debug("fetching %s into %s", src.display, directory)
         tier = _tier(opts)
-        result = None
-        if tier is not None and policy is not CachePolicy.REFRESH:
-            result = _fetch_from_tier(tier, src, directory, opts, emitter)
-        from_tier = result is not None
-        if result is None:
+        outcome = None
+        if tier is not None and policy is not CachePolicy.REFRESH and src.kind != "path":
+            from . import fleet
+
+            outcome = fleet.fetch(
+                tier,
+                src,
+                directory,
+                opts,
+                emitter,
+                lambda: _fetch(src, directory, opts, emitter, None, pins),
+            )
+        if outcome is not None:
+            result, via = outcome.result, outcome.via
+        else:
             result = _fetch(src, directory, opts, emitter, existing, pins)
+            via = "origin"
         if result.not_modified and existing is not None:
             emitter.emit("not_modified", existing.bytes, existing.bytes)
-            return cache.mark_revalidated(existing, commit=result.commit)
+            revalidated = cache.mark_revalidated(existing, commit=result.commit)
+            return replace(revalidated, via="revalidated")
         entry = _promote(cache, src, directory, result)
-        if tier is not None and not from_tier:
-            _upload_to_tier(tier, src, entry, emitter)
+        if tier is not None and (outcome is None or not outcome.published):
+            _upload_to_tier(tier, src, entry, opts, emitter)
     emitter.emit("done", entry.bytes, entry.bytes)
-    return entry
+    return replace(entry, via=via)
 
 
 def _may_adopt(src: ModelSource, opts: EnsureOptions) -> bool:
@@ -403,54 +416,32 @@ def _promote(
 
 
 def _tier(opts: EnsureOptions) -> RemoteTier | None:
-    url = opts.remote or os.environ.get("MODELFETCH_REMOTE") or None
-    if not url:
+    remote = opts.remote or os.environ.get("MODELFETCH_REMOTE") or None
+    if not remote:
         return None
     from .remote import RemoteTier
 
-    return RemoteTier(url, opts.remote_endpoint)
-
-
-def _fetch_from_tier(
-    tier: RemoteTier,
-    src: ModelSource,
-    directory: Path,
-    opts: EnsureOptions,
-    emitter: ProgressEmitter,
-) -> FetchResult | None:
-    """Download from the shared tier if it has a verifiable copy; None: use the origin."""
-    from .download import HttpDownloader
-    from .resume import discard_part
-
-    try:
-        obj = tier.lookup(src)
-        if obj is None or (opts.sha256 is not None and obj.sha256 != opts.sha256):
-            return None
-        url = tier.presigned_get(obj)
-    except Exception as exc:  # any tier trouble means: go to the origin
-        emitter.emit("warning", message=f"shared tier unavailable ({type(exc).__name__})")
-        return None
-    emitter.emit("tier_hit", 0, obj.size)
-    downloader = HttpDownloader(url, {}, opts.merged(sha256=obj.sha256), emitter)
-    try:
-        result = downloader.fetch(directory, src.file_name, src.cache_key)
-    except (IntegrityError, DownloadError) as exc:
-        discard_part(directory, src.file_name)
-        emitter.emit("warning", message=f"shared tier copy rejected: {exc}")
-        return None
-    # The tier's ETag is not the origin's: a later refresh must revalidate with the origin.
-    return replace(result, etag=None, last_modified=None)
+    if isinstance(remote, RemoteTier):
+        return remote
+    return RemoteTier(remote, opts.remote_endpoint)
 
 
 def _upload_to_tier(
-    tier: RemoteTier, src: ModelSource, entry: CacheEntry, emitter: ProgressEmitter
+    tier: RemoteTier,
+    src: ModelSource,
+    entry: CacheEntry,
+    opts: EnsureOptions,
+    emitter: ProgressEmitter,
 ) -> None:
+    from . import fleet
+
     try:
-        tier.upload(src, entry.path, entry.sha256, entry.bytes)
+        uploaded = fleet.publish_entry(tier, src, entry, opts)
     except Exception as exc:  # the local entry is good; the tier is an optimisation
         emitter.emit("warning", message=f"could not copy to the shared tier ({exc})")
         return
-    emitter.emit("tier_upload", entry.bytes, entry.bytes)
+    if uploaded:
+        emitter.emit("tier_upload", entry.bytes, entry.bytes)
 
 
 def _ensure_transient(
@@ -469,7 +460,7 @@ def _ensure_transient(
         shutil.rmtree(directory, ignore_errors=True)  # a random-named dir can't be resumed
         raise
     emitter.emit("done", entry.bytes, entry.bytes)
-    return entry
+    return replace(entry, via="origin")
 
 
 def _truthy(name: str) -> bool:

@@ -8,12 +8,15 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .budget import ConnectionBudget
 from .cancel import CancelToken
 from .errors import InvalidSourceError
 from .progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from .remote import RemoteTier
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")
@@ -54,10 +57,14 @@ class EnsureOptions:
     # this many MB/s after a second (a per-connection-limited CDN, not a fast LAN, where one
     # stream with direct I/O is fastest). None: all connections from the start.
     parallel_below_mbps: float | None = 150.0
-    # Shared tier: "s3://bucket/prefix" (default: MODELFETCH_REMOTE), and its endpoint for
-    # S3-compatible stores (default: MODELFETCH_S3_ENDPOINT, then AWS's own lookup).
-    remote: str | None = None
+    # Shared tier: "s3://bucket/prefix" (default: MODELFETCH_REMOTE) or a RemoteTier, and its
+    # endpoint for S3-compatible stores (default: MODELFETCH_S3_ENDPOINT, then AWS's lookup).
+    remote: str | RemoteTier | None = None
     remote_endpoint: str | None = None
+    # A machine that downloads for the fleet must renew its lease within this many seconds,
+    # or another machine takes over; and it publishes its bytes in chunks of this size.
+    remote_lease_ttl: float = 10.0
+    remote_chunk_size: int = 16 * 1024 * 1024
     shards: bool = True  # a shard of a split GGUF (x-00001-of-00003.gguf) brings them all
     # The Hugging Face hub cache: None reads MODELFETCH_HF_CACHE (unset: adopt verified
     # files from the default hub cache, publish nothing); False: leave it alone; True or a
@@ -132,6 +139,20 @@ class EnsureOptions:
             not math.isfinite(self.lock_timeout) or self.lock_timeout < 0
         ):
             raise InvalidSourceError("lock_timeout must be None or a finite number >= 0")
+        self._check_remote()
+
+    def _check_remote(self) -> None:
+        if self.remote is not None and not isinstance(self.remote, str):
+            from .remote import RemoteTier  # only then: options must stay cheap to make
+
+            if not isinstance(self.remote, RemoteTier):
+                raise InvalidSourceError("remote must be an s3://bucket/prefix URL or a RemoteTier")
+        ttl = self.remote_lease_ttl
+        if not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or not 1 <= ttl <= 600:
+            raise InvalidSourceError("remote_lease_ttl must be a number of seconds from 1 to 600")
+        size = self.remote_chunk_size
+        if not isinstance(size, int) or isinstance(size, bool) or not 2**16 <= size <= 2**30:
+            raise InvalidSourceError("remote_chunk_size must be an integer from 64 KiB to 1 GiB")
 
     def merged(self, **overrides: Any) -> EnsureOptions:
         known = {f.name for f in fields(self)}

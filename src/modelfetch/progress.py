@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 EventKind = Literal[
     "cache_hit",  # served from the cache
@@ -18,6 +18,9 @@ EventKind = Literal[
     "done",  # the verified entry is in the cache
     "tier_hit",  # found in the shared tier; downloading from there, not the origin
     "tier_upload",  # copied into the shared tier for other machines
+    "tier_lead",  # this machine downloads from the origin for the fleet (it holds the lease)
+    "tier_follow",  # another machine is downloading it; its bytes stream through the tier
+    "tier_takeover",  # that machine stopped (no heartbeat): this one carries on from the origin
     "warning",  # something went wrong that did not stop the download (message says what)
     "adopted",  # found in the Hugging Face cache, verified by hash and linked: no download
 ]
@@ -36,6 +39,10 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+# Sees every byte of a download in file order, as it is hashed: (offset, bytes, total size
+# if known). The shared tier uses it to publish verified chunks while the download runs.
+TapData: TypeAlias = "memoryview | bytes"
+HashTap: TypeAlias = Callable[[int, TapData, "int | None"], None]
 
 
 class ProgressEmitter:
@@ -46,10 +53,15 @@ class ProgressEmitter:
         self._source = source
         self._interval = interval
         self._last = 0.0
+        self.tap: HashTap | None = None
+        self.listener: Callable[[EventKind], None] | None = None  # sees every event kind
 
     def emit(
         self, kind: EventKind, done: int = 0, total: int | None = None, message: str = ""
     ) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener(kind)
         if self._callback is not None:
             self._callback(ProgressEvent(kind, self._source, done, total, message))
 
@@ -60,3 +72,8 @@ class ProgressEmitter:
         if force or now - self._last >= self._interval:
             self._last = now
             self._callback(ProgressEvent("progress", self._source, done, total))
+
+    def hashed(self, offset: int, data: TapData, total: int | None) -> None:
+        tap = self.tap
+        if tap is not None:
+            tap(offset, data, total)

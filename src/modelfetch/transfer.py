@@ -197,6 +197,7 @@ class Transfer:
         also_hash: hashlib._Hash | None = None,
         low_speed: LowSpeed | None = None,
         budget: ConnectionBudget | None = None,
+        on_hashed: Callable[[int, memoryview | bytes, int | None], None] | None = None,
     ) -> None:
         """``open_segment(start, end, stop)`` requests bytes [start, end) and checks the
         answer against exactly that range (the segment's end may move while it is in
@@ -220,6 +221,8 @@ class Transfer:
         self.hash_queue: deque[tuple[memoryview, int]] = deque()
         self.hasher = hashlib.sha256()
         self.also_hash = also_hash  # a second digest fed the same bytes (a git blob id)
+        self.on_hashed = on_hashed  # sees the bytes in file order, as they are hashed
+        self.hashed = 0
         self.hash_done = False
         self.abort = False  # workers stop: an error, a cancel, or everything is on disk
         self.complete = False  # every segment is on disk; later worker errors don't count
@@ -498,22 +501,26 @@ class Transfer:
                             return  # stopped early; a complete transfer is hashed to the end
                         self.cond.wait(0.25)
                 if start < 0:
-                    self.hasher.update(buf[:n])
-                    if self.also_hash is not None:
-                        self.also_hash.update(buf[:n])
+                    self._hash(buf[:n])
                     self.pool.put(buf)
                 else:
                     while n > 0:
                         data = os.pread(self.fd, min(n, HASH_READ), start)
                         if not data:
                             raise DownloadError("partial file is shorter than what was written")
-                        self.hasher.update(data)
-                        if self.also_hash is not None:
-                            self.also_hash.update(data)
+                        self._hash(data)
                         start += len(data)
                         n -= len(data)
         except BaseException as exc:
             self._stop(exc)
+
+    def _hash(self, data: memoryview | bytes) -> None:
+        self.hasher.update(data)
+        if self.also_hash is not None:
+            self.also_hash.update(data)
+        if self.on_hashed is not None:
+            self.on_hashed(self.hashed, data, self.total)
+        self.hashed += len(data)
 
     # -- coordinator (the caller's thread) --------------------------------------------------
     def run(self, first: tuple[Segment, Response] | None) -> tuple[str, int]:
