@@ -59,6 +59,8 @@ class SeaweedFS:
                 "-ip.bind=127.0.0.1", f"-master.port={master}", f"-volume.port={volume}",
                 f"-filer.port={filer}", "-s3", f"-s3.port={self.s3_port}",
                 "-master.volumeSizeLimitMB=64", "-volume.max=50",
+                # Catalog listeners on fixed ports: two servers on one machine would collide.
+                "-s3.port.iceberg=0", "-s3.port.lance=0",
             ],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

