@@ -384,7 +384,7 @@ def _ensure_locked(
             revalidated = cache.mark_revalidated(existing, commit=result.commit)
             return replace(revalidated, via="revalidated")
         entry = _promote(cache, src, directory, result)
-        if tier is not None and (outcome is None or not outcome.published):
+        if tier is not None and outcome is None:
             _upload_to_tier(tier, src, entry, opts, emitter)
     emitter.emit("done", entry.bytes, entry.bytes)
     return replace(entry, via=via)

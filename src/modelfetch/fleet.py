@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .cache import CacheEntry
@@ -63,9 +64,10 @@ MAX_FOLLOW_RESTARTS = 3
 
 @dataclass(frozen=True)
 class Outcome:
+    """What the fleet got; the tier holds the file now (or publishing it was tried)."""
+
     result: FetchResult
     via: str
-    published: bool  # the tier holds a finished copy now: nothing left to upload
 
 
 class TierTrouble(Exception):
@@ -81,7 +83,7 @@ def stall_limit(opts: EnsureOptions) -> float:
 def fetch(
     tier: RemoteTier,
     source: ModelSource,
-    directory: Any,
+    directory: Path,
     opts: EnsureOptions,
     emitter: ProgressEmitter,
     origin: Callable[[], FetchResult],
@@ -116,7 +118,7 @@ class _Fleet:
         self,
         tier: RemoteTier,
         source: ModelSource,
-        directory: Any,
+        directory: Path,
         opts: EnsureOptions,
         emitter: ProgressEmitter,
         origin: Callable[[], FetchResult],
@@ -233,7 +235,7 @@ class _Fleet:
         digest, size = self._io(filler.finish, expected)
         self.filler = None
         result = FetchResult(digest, size, None, None, commit=manifest.commit)
-        return Outcome(result, via, published=True)
+        return Outcome(result, via)
 
     def _from_single_object(self, obj: TierObject) -> Outcome | None:
         """The layout older versions wrote: one object, downloaded like any URL."""
@@ -247,7 +249,7 @@ class _Fleet:
             self.emit.emit("warning", message=f"shared tier copy rejected: {exc}")
             return None
         # The tier's ETag is not the origin's: a later refresh must revalidate with the origin.
-        return Outcome(replace(result, etag=None, last_modified=None), VIA_TIER, True)
+        return Outcome(replace(result, etag=None, last_modified=None), VIA_TIER)
 
     def _coordinate(self) -> Outcome:
         watch = Watch()
@@ -373,18 +375,18 @@ class _Fleet:
         try:
             result = self.origin()
         except BaseException:
-            publisher.stop()
+            publisher.stop(wait=5.0)
             keeper.close()  # followers take over at once instead of waiting for the ttl
             raise
         finally:
             self.emit.tap = None
             self.emit.listener = None
-        published = self._publish(result, ledger, publisher, keeper)
-        return Outcome(result, VIA_TAKEOVER if takeover else VIA_ORIGIN, published)
+        self._publish(result, ledger, publisher, keeper)
+        return Outcome(result, VIA_TAKEOVER if takeover else VIA_ORIGIN)
 
     def _publish(
         self, result: FetchResult, ledger: ChunkLedger, publisher: Publisher, keeper: LeaseKeeper
-    ) -> bool:
+    ) -> None:
         """Finish publishing (the last chunks, then the manifest), then drop the lease."""
         try:
             refs = publisher.drain(result.bytes) if ledger.finish(result.bytes) else None
@@ -410,9 +412,8 @@ class _Fleet:
             raise
         except Exception as exc:  # the local download is good; the tier is an optimisation
             self.emit.emit("warning", message=f"could not copy to the shared tier ({exc})")
-            return False
+            return
         finally:
             publisher.stop()
             keeper.close()
         self.emit.emit("tier_upload", result.bytes, result.bytes)
-        return True

@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from .cancel import CancelToken
-from .errors import DownloadError, IntegrityError
+from .errors import CancelledError, DownloadError, IntegrityError
 from .fsutil import lstat_regular, unlink_quiet
 from .lease import (
     MAX_DOC_BYTES,
-    MIN_CHUNK,
     ChunkRef,
     Held,
     Lease,
@@ -423,12 +422,13 @@ class Publisher:
             with self._idle:
                 self._idle.wait(0.25)
 
-    def stop(self) -> None:
+    def stop(self, wait: float = UPLOAD_STALL) -> None:
+        """Stop after the upload in flight (waiting at most ``wait`` seconds for it)."""
         self._stop.set()
         with self.ledger.cond:
             self.ledger.cond.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout=UPLOAD_STALL)
+            self._thread.join(timeout=wait)
 
 
 def _read_exact(path: Path, offset: int, length: int) -> bytes:
@@ -542,6 +542,8 @@ class PartFiller:
             futures = {pool.submit(self._fetch_chunk, i, refs[i]): i for i in todo}
             errors: list[BaseException] = []
             for future in concurrent.futures.as_completed(futures):
+                if future.cancelled():  # after a hard error elsewhere: not needed any more
+                    continue
                 exc = future.exception()
                 if exc is not None:
                     errors.append(exc)
@@ -580,10 +582,9 @@ class PartFiller:
                 if announced is not None and announced != length:
                     raise IntegrityError(f"tier chunk {index} has {announced} bytes, not {length}")
                 digest = self._copy(body, offset, length)
-            except (IntegrityError, OSError) as exc:
-                last = exc
-                continue
-            except Exception as exc:  # botocore/urllib3 read errors: try again
+            except CancelledError:
+                raise
+            except Exception as exc:  # short, broken or unreadable: try again
                 last = exc
                 continue
             finally:
