@@ -17,14 +17,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import urllib3
 from click.testing import CliRunner
 
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from devtools.seaweed import SeaweedFS
-from modelfetch import CacheEntry, DownloadError, ModelSource, ProgressEvent, ensure
+from modelfetch import (
+    CacheEntry,
+    DownloadError,
+    EnsureOptions,
+    ModelSource,
+    ProgressEvent,
+    ensure,
+)
 from modelfetch.cli import main as cli_main
 from modelfetch.lease import LEASE_NAME, decode_lease
+from modelfetch.mirror import MirrorServer
 from modelfetch.remote import RemoteTier, TierLeaseStore
 from modelfetch.tierstream import read_manifest
 
@@ -304,3 +313,56 @@ def test_cli_get_json_says_how_the_file_came(
         assert result.exit_code == 0, result.output
         vias.append(json.loads(result.stdout)["via"])
     assert vias == ["origin", "tier", "cache"]
+
+
+def test_two_mirror_replicas_share_one_upstream_download(
+    server: FaultServer,
+    other_server: FaultServer,
+    seaweed: SeaweedFS,
+    tier_url: str,
+    tmp_path: Path,
+    model: bytes,
+) -> None:
+    """Mirrors pull through with ensure(): replicas in front of one tier share the lease,
+    and the hub's SHA-256 (X-Linked-Etag) travels in the lease to the follower."""
+    sha = hashlib.sha256(model).hexdigest()
+    cdn = other_server.add("/blobs/m", Resource(model, **SLOW))  # type: ignore[arg-type]
+    repo, name = "TheOrg/Fleet-GGUF", "fleet-Q4_K_M.gguf"
+    headers = {"X-Repo-Commit": "c" * 40, "X-Linked-Etag": f'"{sha}"'}
+    headers["X-Linked-Size"] = str(len(model))
+    server.add(f"/{repo}/resolve/main/{name}", Resource(b"", redirect_to=cdn, headers=headers))
+    opts = EnsureOptions(remote=tier_url, remote_endpoint=seaweed.endpoint, remote_lease_ttl=TTL)
+    replicas = [
+        MirrorServer(tmp_path / f"mirror{i}", upstream=server.url(""), options=opts)
+        for i in range(2)
+    ]
+    bodies: dict[int, bytes] = {}
+    try:
+        for replica in replicas:
+            replica.start()
+        barrier = threading.Barrier(2)
+
+        def client(i: int) -> None:
+            barrier.wait(timeout=30)
+            pool = urllib3.PoolManager()
+            url = f"{replicas[i].url}/{repo}/resolve/main/{name}"
+            bodies[i] = pool.request("GET", url, timeout=60).data
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+    finally:
+        for replica in replicas:
+            replica.stop()
+    assert bodies == {0: model, 1: model}
+    assert other_server.body_bytes["/blobs/m"] == len(model)  # one download from the CDN
+    vias = sorted(
+        str(e.via)
+        for r in replicas
+        for e in [
+            ensure(ModelSource.huggingface(repo, name), cache_dir=r.cache.root, policy="cache_only")
+        ]
+    )
+    assert vias == ["cache", "cache"]  # both replicas hold a verified entry now
