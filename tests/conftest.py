@@ -86,15 +86,22 @@ def seaweed() -> Iterator[SeaweedFS]:
         yield weed
 
 
+@pytest.fixture(scope="session")
+def tier_bucket(seaweed: SeaweedFS) -> str:
+    # One bucket for the session: SeaweedFS gives every bucket its own volumes, and a
+    # bucket per test would run the test server out of them.
+    bucket = f"mf-{uuid.uuid4().hex[:12]}"
+    seaweed.client().create_bucket(Bucket=bucket)
+    return bucket
+
+
 @pytest.fixture
-def tier_url(seaweed: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh bucket in the shared SeaweedFS, as s3://bucket/models."""
+def tier_url(tier_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh prefix in the session's bucket, as s3://bucket/<random>/models."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "modelfetch-test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelfetch-test-secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"mf-{uuid.uuid4().hex[:12]}"
-    seaweed.client().create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/models"
+    return f"s3://{tier_bucket}/{uuid.uuid4().hex[:12]}/models"
 
 
 def sha256_of(path: Path) -> str:
