@@ -42,7 +42,10 @@ from .conftest import sha256_of
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 4 * 1024 * 1024
 CHUNK = 256 * 1024
-TTL = 1.0
+TTL = 1.0  # where a quick take-over is the point
+# Where nobody dies: long enough that a leader starved of CPU on a busy test machine is
+# not mistaken for a dead one (that would cost an extra origin download, by design).
+CALM_TTL = 5.0
 # 64 KiB every 40 ms: about 1.6 MB/s, so a download takes ~2.6 s and a kill lands mid-way
 # (the downloader hands bytes to its hasher, and so to the tier, at least every second).
 SLOW = {"chunk": 64 * 1024, "delay_per_chunk": 0.04}
@@ -65,7 +68,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 class Fleet:
     """N machine processes (devtools/fleet_machine.py) released at the same moment."""
 
-    def __init__(self, tmp: Path, url: str, tier_url: str, endpoint: str, count: int) -> None:
+    def __init__(
+        self, tmp: Path, url: str, tier_url: str, endpoint: str, count: int, ttl: float
+    ) -> None:
         self.markers = tmp / "markers"
         self.markers.mkdir()
         self.go = tmp / "go"
@@ -80,7 +85,7 @@ class Fleet:
                 "remote": tier_url,
                 "endpoint": endpoint,
                 "chunk_size": CHUNK,
-                "ttl": TTL,
+                "ttl": ttl,
                 "go": str(self.go),
             }
             self.procs[tag] = subprocess.Popen(
@@ -129,7 +134,7 @@ def test_eight_machines_at_once_download_from_the_origin_once(
     server: FaultServer, seaweed: SeaweedFS, tier_url: str, tmp_path: Path, model: bytes
 ) -> None:
     url = server.add("/f/model.gguf", Resource(model, **SLOW))  # type: ignore[arg-type]
-    fleet = Fleet(tmp_path, url, tier_url, seaweed.endpoint, 8)
+    fleet = Fleet(tmp_path, url, tier_url, seaweed.endpoint, 8, CALM_TTL)
     try:
         fleet.start()
         results = fleet.results()
@@ -150,7 +155,7 @@ def test_leader_killed_half_way_is_taken_over(
     server: FaultServer, seaweed: SeaweedFS, tier_url: str, tmp_path: Path, model: bytes
 ) -> None:
     url = server.add("/f/model.gguf", Resource(model, **SLOW))  # type: ignore[arg-type]
-    fleet = Fleet(tmp_path, url, tier_url, seaweed.endpoint, 8)
+    fleet = Fleet(tmp_path, url, tier_url, seaweed.endpoint, 8, 2 * TTL)
     try:
         fleet.start()
         wait_for(lambda: any(fleet.saw(t, "tier_lead") for t in fleet.procs), 60, "a leader")
@@ -226,7 +231,7 @@ def test_store_that_ignores_conditional_writes_costs_at_most_one_extra_download(
             cache_dir=tmp_path / f"t{i}",
             remote=tier,
             remote_chunk_size=CHUNK,
-            remote_lease_ttl=TTL,
+            remote_lease_ttl=CALM_TTL,
         ),
     )
     want = hashlib.sha256(model).hexdigest()
@@ -331,7 +336,9 @@ def test_two_mirror_replicas_share_one_upstream_download(
     headers = {"X-Repo-Commit": "c" * 40, "X-Linked-Etag": f'"{sha}"'}
     headers["X-Linked-Size"] = str(len(model))
     server.add(f"/{repo}/resolve/main/{name}", Resource(b"", redirect_to=cdn, headers=headers))
-    opts = EnsureOptions(remote=tier_url, remote_endpoint=seaweed.endpoint, remote_lease_ttl=TTL)
+    opts = EnsureOptions(
+        remote=tier_url, remote_endpoint=seaweed.endpoint, remote_lease_ttl=CALM_TTL
+    )
     replicas = [
         MirrorServer(tmp_path / f"mirror{i}", upstream=server.url(""), options=opts)
         for i in range(2)

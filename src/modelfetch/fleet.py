@@ -252,16 +252,19 @@ class _Fleet:
         return Outcome(replace(result, etag=None, last_modified=None), VIA_TIER)
 
     def _coordinate(self) -> Outcome:
+        """Follow, lead or take over until the file is here. A holder writes the manifest
+        before it removes its lease, so the manifest is looked for only when the lease is
+        gone or dead: a follower never mistakes a finished download for an abandoned one."""
         watch = Watch()
         delay = POLL_MIN
         for _ in range(MAX_ROUNDS):
             if self.opts.cancel is not None:
                 self.opts.cancel.check()
-            done = self._complete_copy(first=False)
-            if done is not None:
-                return done
             current = self._io(self.store.read)
             if current is None:
+                done = self._complete_copy(first=False)
+                if done is not None:
+                    return done
                 held = self._io(take, self.store, self._new_lease(None), SETTLE, self._sleep)
                 if held is not None:
                     return self._lead(None, held, takeover=False)
@@ -270,7 +273,7 @@ class _Fleet:
             now = time.monotonic()
             watch.see(lease, etag, now)
             if watch.dead(lease, now, time.time(), self.ttl):
-                outcome = self._try_take_over(lease, etag)
+                outcome = self._complete_copy(first=False) or self._try_take_over(lease, etag)
                 if outcome is not None:
                     return outcome
                 continue
