@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
+from devtools.hub_emulator import HubEmulator
 from devtools.seaweed import SeaweedFS
 from modelfetch import (
     CacheEntry,
@@ -321,27 +322,18 @@ def test_cli_get_json_says_how_the_file_came(
 
 
 def test_two_mirror_replicas_share_one_upstream_download(
-    server: FaultServer,
-    other_server: FaultServer,
-    seaweed: SeaweedFS,
-    tier_url: str,
-    tmp_path: Path,
-    model: bytes,
+    hub: HubEmulator, seaweed: SeaweedFS, tier_url: str, tmp_path: Path, model: bytes
 ) -> None:
     """Mirrors pull through with ensure(): replicas in front of one tier share the lease,
     and the hub's SHA-256 (X-Linked-Etag) travels in the lease to the follower."""
-    sha = hashlib.sha256(model).hexdigest()
-    cdn = other_server.add("/blobs/m", Resource(model, **SLOW))  # type: ignore[arg-type]
     repo, name = "TheOrg/Fleet-GGUF", "fleet-Q4_K_M.gguf"
-    headers = {"X-Repo-Commit": "c" * 40, "X-Linked-Etag": f'"{sha}"'}
-    headers["X-Linked-Size"] = str(len(model))
-    server.add(f"/{repo}/resolve/main/{name}", Resource(b"", redirect_to=cdn, headers=headers))
+    commit = hub.create_repo(repo, {name: model})
+    hub.cdn.rate = 1.6e6  # bytes/s: the download takes a few seconds
     opts = EnsureOptions(
         remote=tier_url, remote_endpoint=seaweed.endpoint, remote_lease_ttl=CALM_TTL
     )
     replicas = [
-        MirrorServer(tmp_path / f"mirror{i}", upstream=server.url(""), options=opts)
-        for i in range(2)
+        MirrorServer(tmp_path / f"mirror{i}", upstream=hub.endpoint, options=opts) for i in range(2)
     ]
     bodies: dict[int, bytes] = {}
     try:
@@ -364,12 +356,8 @@ def test_two_mirror_replicas_share_one_upstream_download(
         for replica in replicas:
             replica.stop()
     assert bodies == {0: model, 1: model}
-    assert other_server.body_bytes["/blobs/m"] == len(model)  # one download from the CDN
-    vias = sorted(
-        str(e.via)
-        for r in replicas
-        for e in [
-            ensure(ModelSource.huggingface(repo, name), cache_dir=r.cache.root, policy="cache_only")
-        ]
-    )
-    assert vias == ["cache", "cache"]  # both replicas hold a verified entry now
+    assert hub.cdn.body_bytes() == len(model)  # one download from the CDN
+    sha = hashlib.sha256(model).hexdigest()
+    for replica in replicas:  # each replica holds a verified entry with the hub's commit
+        entry = replica.cache.get(ModelSource.huggingface(repo, name))
+        assert entry is not None and entry.sha256 == sha and entry.commit == commit
