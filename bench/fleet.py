@@ -2,6 +2,7 @@
 a shared tier (a real SeaweedFS) from a throttled origin (nginx, limit_rate per connection).
 
 Scenarios, each against a fresh bucket and fresh cache roots:
+  alone     one machine, no tier (what the tier costs a single machine)
   cold      one machine alone with the tier (the reference: one cold download)
   together  N machines released at the same moment
   staggered N machines started --stagger seconds apart
@@ -119,13 +120,15 @@ class Bench:
     def marker(self, machine: Machine, kind: str) -> bool:
         return (self.work / "markers" / f"{machine.tag}.{kind}").exists()
 
-    def run(self, title: str, count: int, stagger: float = 0.0, kill: bool = False) -> Result:
+    def run(
+        self, title: str, count: int, stagger: float = 0.0, kill: bool = False, tier: bool = True
+    ) -> Result:
         for sub in ("machines", "markers", "go"):
             shutil.rmtree(self.work / sub, ignore_errors=True)
             (self.work / sub).mkdir(parents=True)
         bucket = f"fleet-{uuid.uuid4().hex[:10]}"
         self.weed.client().create_bucket(Bucket=bucket)
-        remote = f"s3://{bucket}/models"
+        remote = f"s3://{bucket}/models" if tier else ""
         (self.nginx.prefix / "access.log").write_text("")  # nginx appends at its offset
         os.sync()
         together = self.work / "go" / "all"
@@ -198,10 +201,12 @@ def main() -> None:
             f"tier: SeaweedFS on loopback; lease ttl {args.ttl:g} s; chunks {args.chunk_mib} MiB"
         )
         bench = Bench(args, nginx, weed)
-        cold_run = bench.run("cold: one machine alone (the reference)", 1)
+        alone = bench.run("one machine, no tier", 1, tier=False)
+        cold_run = bench.run("cold: one machine with the tier (the reference)", 1)
         cold = cold_run.slowest()
+        show(alone, size, cold)
         show(cold_run, size, cold)
-        results.append(cold_run)
+        results += [alone, cold_run]
         plans = {
             "together": ("together", {}),
             "staggered": (f"started {args.stagger:g} s apart", {"stagger": args.stagger}),

@@ -41,7 +41,7 @@ def main() -> int:
         entry = ensure(
             spec["url"],
             cache_dir=spec["cache_dir"],
-            remote=spec["remote"],
+            remote=spec["remote"] or None,  # "" or null: no tier
             remote_endpoint=spec["endpoint"],
             remote_chunk_size=int(spec["chunk_size"]),
             remote_lease_ttl=float(spec["ttl"]),

@@ -56,7 +56,9 @@ VIA_ORIGIN = "origin"  # downloaded from the origin (by this machine, for the fl
 VIA_TAKEOVER = "takeover"  # followed a machine that died, then finished from the origin
 
 SETTLE = 0.2  # seconds between taking a lease and reading it back to confirm
-POLL_MIN = 0.05
+# Lease polls: every poll is a signed request and a parse, so not faster than this even
+# right after progress (a follower trails the leader by about a chunk anyway).
+POLL_MIN = 0.2
 POLL_MAX = 1.0
 MAX_ROUNDS = 1_000_000  # a last-resort bound; the time bounds above end the wait first
 MAX_FOLLOW_RESTARTS = 3

@@ -55,6 +55,7 @@ log = logging.getLogger("modelfetch")
 MANIFEST_NAME = "manifest.json"
 READ_PIECE = 1024 * 1024
 FOLLOW_PARALLEL = 4
+UPLOADS = 2  # chunk uploads in flight per leader
 CHUNK_ATTEMPTS = 3
 # An upload that makes no progress for this long is given up (boto3 has its own timeouts;
 # this bounds the waiting on top of them).
@@ -319,6 +320,9 @@ class Publisher:
         self.run = new_run()
         self.error: str | None = None
         self.described = False
+        self._next = len(self.refs)  # the next chunk index to upload
+        self._inflight: dict[concurrent.futures.Future[bool], tuple[str, int, str]] = {}
+        self._ready: dict[int, ChunkRef] = {}  # uploaded, waiting for the chunks before it
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="modelfetch-publish", daemon=True)
@@ -334,56 +338,103 @@ class Publisher:
                 return i
         return len(self.refs)
 
-    def _next_job(self) -> tuple[int, str, int] | None:
+    def _plan(self) -> tuple[list[tuple[int, str, int]], bool]:
+        """Chunks to upload next (index, SHA-256, total size), and whether to stop."""
         with self.ledger.cond:
             if self.ledger.broken:
                 self.error = self.error or "the download's in-order pass went out of step"
-                return None
+                return [], True
             valid = self._valid_prefix()
             if valid < len(self.refs):
                 del self.refs[valid:]
                 self.run = new_run()  # never overwrite a chunk a follower may be reading
-            total = self.ledger.total
-            index = len(self.refs)
-            if total is None or index >= len(self.ledger.shas):
-                self.ledger.cond.wait(0.25)
-                return None
-            return index, self.ledger.shas[index], total
+                self._ready.clear()
+                self._next = valid
+            self._next = max(self._next, len(self.refs))
+            total, shas = self.ledger.total, self.ledger.shas
+            jobs: list[tuple[int, str, int]] = []
+            while total is not None and self._next < len(shas) and len(jobs) < self._room():
+                jobs.append((self._next, shas[self._next], total))
+                self._next += 1
+            return jobs, False
+
+    def _room(self) -> int:
+        return UPLOADS - len(self._inflight)
+
+    def _upload(self, run: str, index: int, sha: str, total: int) -> bool:
+        """Upload one chunk read back from the part; False if the part no longer holds
+        the bytes the ledger hashed (a restart in between)."""
+        offset, length = chunk_span(index, total, self.ledger.chunk_size)
+        try:
+            data = _read_exact(self.part, offset, length)
+        except OSError:
+            return False
+        if hashlib.sha256(data).hexdigest() != sha:
+            return False
+        self.tier.put_chunk(chunk_key(self.tier, self.source, run, index), data, sha)
+        return True
 
     def _loop(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(UPLOADS, "modelfetch-upload") as pool:
+            try:
+                self._dispatch(pool)
+            finally:
+                for future in self._inflight:
+                    future.cancel()
+                self._notify()
+
+    def _dispatch(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
         mismatches = 0
         while not self._stop.is_set() and self.error is None:
-            job = self._next_job()
-            if job is None:
-                self._notify()
+            jobs, stop = self._plan()
+            if stop:
+                return
+            for index, sha, total in jobs:
+                if not self.described:
+                    self._describe(total)
+                future = pool.submit(self._upload, self.run, index, sha, total)
+                self._inflight[future] = (self.run, index, sha)
+            if not self._inflight:
+                with self.ledger.cond:
+                    self.ledger.cond.wait(0.25)
                 continue
-            index, sha, total = job
-            if not self.described:
-                self._describe(total)
-            offset, length = chunk_span(index, total, self.ledger.chunk_size)
-            try:
-                data = _read_exact(self.part, offset, length)
-            except OSError:
-                data = b""
-            if hashlib.sha256(data).hexdigest() != sha:
-                mismatches += 1  # the part changed under us; the ledger will catch up
-                if mismatches >= MAX_MISMATCHES:
-                    self.error = "the part file changed while it was being published"
-                self._stop.wait(0.1)
-                continue
-            mismatches = 0
-            try:
-                self.tier.put_chunk(chunk_key(self.tier, self.source, self.run, index), data, sha)
-            except Exception as exc:
-                self.error = f"chunk upload failed ({type(exc).__name__})"
-                break
-            with self.ledger.cond:
-                shas = self.ledger.shas
-                if len(self.refs) == index and index < len(shas) and shas[index] == sha:
-                    self.refs.append(ChunkRef(self.run, sha))
-                refs = tuple(self.refs)
+            finished, _ = concurrent.futures.wait(
+                list(self._inflight), timeout=0.25, return_when="FIRST_COMPLETED"
+            )
+            for future in finished:
+                run, index, sha = self._inflight.pop(future)
+                exc = future.exception()
+                if exc is not None:
+                    self.error = f"chunk upload failed ({type(exc).__name__})"
+                    return
+                if not future.result():
+                    mismatches += 1  # the part changed under us; the ledger will catch up
+                    if mismatches >= MAX_MISMATCHES:
+                        self.error = "the part file changed while it was being published"
+                        return
+                    with self.ledger.cond:
+                        self._next = min(self._next, index)
+                    self._stop.wait(0.1)
+                    continue
+                if run == self.run:
+                    self._ready[index] = ChunkRef(run, sha)
+            self._collect()
+
+    def _collect(self) -> None:
+        """Publish the uploaded chunks that extend the contiguous list."""
+        with self.ledger.cond:
+            shas = self.ledger.shas
+            grew = False
+            while len(self.refs) in self._ready:
+                ref = self._ready.pop(len(self.refs))
+                if len(self.refs) >= len(shas) or shas[len(self.refs)] != ref.sha256:
+                    self._next = min(self._next, len(self.refs))
+                    break
+                self.refs.append(ref)
+                grew = True
+            refs = tuple(self.refs)
+        if grew:
             self.keeper.update(chunks=refs)
-            self._notify()
         self._notify()
 
     def _describe(self, total: int) -> None:
@@ -515,6 +566,7 @@ class PartFiller:
         self.held: list[str | None] = [None] * self.count
         self.hashed = 0  # chunks fed to the in-order hasher
         self._hasher = hashlib.sha256()
+        self._lock = threading.Lock()
         unlink_quiet(self.state_path)  # the part is rewritten: no checkpoint may claim it
         if lstat_regular(self.part) is None:
             unlink_quiet(self.part)
@@ -574,6 +626,10 @@ class PartFiller:
         for _ in range(CHUNK_ATTEMPTS):
             if self.cancel is not None:
                 self.cancel.check()
+            with self._lock:
+                # The chunk at the hash frontier also feeds the file's hash as it arrives
+                # (a copy, adopted only if the chunk checks out): no read-back for it.
+                ahead = self._hasher.copy() if index == self.hashed else None
             try:
                 body, announced = self.tier.open_object(key)
             except KeyError:
@@ -581,7 +637,7 @@ class PartFiller:
             try:
                 if announced is not None and announced != length:
                     raise IntegrityError(f"tier chunk {index} has {announced} bytes, not {length}")
-                digest = self._copy(body, offset, length)
+                digest = self._copy(body, offset, length, ahead)
             except CancelledError:
                 raise
             except Exception as exc:  # short, broken or unreadable: try again
@@ -590,14 +646,18 @@ class PartFiller:
             finally:
                 body.close()
             if digest == ref.sha256:
-                self.held[index] = digest
+                with self._lock:
+                    self.held[index] = digest
+                    if ahead is not None and self.hashed == index:
+                        self._hasher = ahead
+                        self.hashed += 1
                 return
             last = IntegrityError(f"tier chunk {index} does not match its SHA-256")
         if isinstance(last, IntegrityError):
             raise last
         raise DownloadError(f"could not read chunk {index} from the tier ({last!r:.200})")
 
-    def _copy(self, body: Any, offset: int, length: int) -> str:
+    def _copy(self, body: Any, offset: int, length: int, ahead: Any) -> str:
         assert self.fd is not None
         hasher = hashlib.sha256()
         got = 0
@@ -608,6 +668,8 @@ class PartFiller:
             if not piece:
                 break
             hasher.update(piece)
+            if ahead is not None:
+                ahead.update(piece)
             view, at = memoryview(piece), offset + got
             while len(view):
                 written = os.pwrite(self.fd, view, at)
@@ -618,21 +680,18 @@ class PartFiller:
         return hasher.hexdigest()
 
     def _advance_hash(self) -> None:
+        """Feed the file's hash with the chunks that arrived ahead of it, in order, read
+        back from the page cache (what is read is what the final check covers)."""
         assert self.fd is not None
         while self.hashed < self.count and self.held[self.hashed] is not None:
             offset, length = chunk_span(self.hashed, self.size, self.chunk_size)
-            check = hashlib.sha256()
             while length > 0:
                 piece = os.pread(self.fd, min(length, 4 * READ_PIECE), offset)
                 if not piece:
                     raise DownloadError("partial file is shorter than what was written")
                 self._hasher.update(piece)
-                check.update(piece)
                 offset += len(piece)
                 length -= len(piece)
-            if check.hexdigest() != self.held[self.hashed]:
-                self.held[self.hashed] = None  # changed on disk since it was written
-                return
             self.hashed += 1
         self.emit.bytes(self.verified_bytes, self.size)
 
