@@ -4,7 +4,8 @@ shared S3 tier. Used by the fleet tests and bench/fleet.py.
     python -m devtools.fleet_machine SPEC_JSON
 
 SPEC: {"url", "cache_dir", "markers", "tag", "remote", "endpoint", "chunk_size", "ttl",
-"go" (a file to wait for, so that every machine starts at the same moment)}. Touches
+"go" (a file to wait for, so that every machine starts at the same moment), and optionally
+"connections" and "parallel_below_mbps" (null: all connections at once)}. Touches
 MARKERS/TAG.<event kind> for the lifecycle events it sees, and prints one JSON line:
 {"sha256", "path", "via", "seconds" (from the go signal to the verified entry)} or
 {"error": "..."}.
@@ -46,6 +47,8 @@ def main() -> int:
             remote_chunk_size=int(spec["chunk_size"]),
             remote_lease_ttl=float(spec["ttl"]),
             retry_backoff=0.05,
+            connections=int(spec.get("connections", 8)),
+            parallel_below_mbps=spec.get("parallel_below_mbps", 150.0),
             progress=on_event,
         )
     except ModelFetchError as exc:

@@ -70,7 +70,14 @@ class Fleet:
     """N machine processes (devtools/fleet_machine.py) released at the same moment."""
 
     def __init__(
-        self, tmp: Path, url: str, tier_url: str, endpoint: str, count: int, ttl: float
+        self,
+        tmp: Path,
+        url: str,
+        tier_url: str,
+        endpoint: str,
+        count: int,
+        ttl: float,
+        **extra: object,
     ) -> None:
         self.markers = tmp / "markers"
         self.markers.mkdir()
@@ -88,6 +95,7 @@ class Fleet:
                 "chunk_size": CHUNK,
                 "ttl": ttl,
                 "go": str(self.go),
+                **extra,
             }
             self.procs[tag] = subprocess.Popen(
                 [sys.executable, "-m", "devtools.fleet_machine", json.dumps(spec)],
@@ -194,7 +202,58 @@ def test_leader_killed_half_way_is_taken_over(
 def published(store: TierLeaseStore) -> int:
     found = store.read()
     lease = decode_lease(found[0]) if found else None
-    return len(lease.chunks) if lease else 0
+    return lease.published if lease else 0
+
+
+def test_parallel_leader_publishes_out_of_order_and_is_taken_over(
+    server: FaultServer, seaweed: SeaweedFS, tier_url: str, tmp_path: Path
+) -> None:
+    """A leader on 4 connections fills its part in 4 places at once; its chunks are
+    published as they land, not when the first segment is done, and a successor keeps
+    every published chunk and asks the origin only for the gaps."""
+    model = random_bytes(16 * 1024 * 1024, seed=12)  # the smallest file worth splitting
+    url = server.add("/f/big.gguf", Resource(model, **SLOW))  # type: ignore[arg-type]
+    fleet = Fleet(
+        tmp_path,
+        url,
+        tier_url,
+        seaweed.endpoint,
+        4,
+        2 * TTL,
+        chunk_size=1024 * 1024,
+        connections=4,
+        parallel_below_mbps=None,
+    )
+    store = RemoteTier(tier_url, seaweed.endpoint).lease_store(ModelSource.parse(url))
+
+    def spread() -> bool:  # published chunks beyond the first segment (a quarter)
+        found = store.read()
+        lease = decode_lease(found[0]) if found else None
+        return lease is not None and any(lease.chunks[4:]) and not all(lease.chunks[:4])
+
+    try:
+        fleet.start()
+        wait_for(lambda: any(fleet.saw(t, "tier_lead") for t in fleet.procs), 60, "a leader")
+        leader = fleet.leader()
+        wait_for(
+            lambda: server.body_bytes.get("/f/big.gguf", 0) >= len(model) // 2 and spread(),
+            60,
+            "half the file, published out of order",
+        )
+        fleet.procs[leader].send_signal(signal.SIGKILL)
+        sent_at_kill = server.body_bytes["/f/big.gguf"]
+        fleet.procs[leader].wait(timeout=10)
+        results = fleet.results(skip=(leader,))
+    finally:
+        fleet.kill_all()
+    want = hashlib.sha256(model).hexdigest()
+    for result in results.values():
+        assert result["sha256"] == want == sha256_of(Path(str(result["path"])))
+    vias = [str(r["via"]) for r in results.values()]
+    assert vias.count("takeover") == 1 and set(vias) <= {"takeover", "peer"}, vias
+    total = server.body_bytes["/f/big.gguf"]
+    assert sent_at_kill < len(model) and total <= 2 * len(model)
+    assert total - sent_at_kill < len(model)  # the successor did not start over
 
 
 def in_threads(count: int, work: Callable[[int], CacheEntry]) -> list[CacheEntry]:

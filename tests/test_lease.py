@@ -177,6 +177,8 @@ def test_lease_round_trips() -> None:
     ref = ChunkRef("0123456789abcdef", "ab" * 32)
     full = lease(size=3 * MiB, sha256="cd" * 32, etag='"x"', done=MiB, chunks=(ref,), beat=3)
     assert decode_lease(full.encode()) == full
+    sparse = replace(full, chunks=(None, ref, None))  # a parallel download's chunks
+    assert decode_lease(sparse.encode()) == sparse and sparse.published == 1
 
 
 def _doc(**changes: object) -> bytes:
@@ -231,6 +233,9 @@ def test_manifest_must_describe_the_whole_file() -> None:
     good = Manifest(3 * MiB - 5, "ee" * 32, MiB, refs, "a" * 40)
     assert decode_manifest(good.encode()) == good
     assert decode_manifest(replace(good, chunks=refs[:2]).encode()) is None
+    gap = json.loads(good.encode())
+    gap["chunks"][1] = None
+    assert decode_manifest(json.dumps(gap).encode()) is None
     assert decode_manifest(replace(good, size=4 * MiB).encode()) is None
     odd = json.loads(good.encode())
     odd["commit"] = "../../x"
@@ -302,15 +307,14 @@ def test_ledger_forgets_everything_on_restart_and_breaks_on_a_gap() -> None:
     assert ledger.broken and not ledger.finish(len(DATA))
 
 
-def test_ledger_with_inherited_chunks_checks_them() -> None:
-    inherited = shas_of(DATA)[:2]
-    ledger = ChunkLedger(CHUNK, inherited, adjustable=True)
-    feed(ledger, DATA)
-    assert ledger.chunk_size == CHUNK  # inherited chunks fix the size
-    assert ledger.finish(len(DATA)) and ledger.shas == shas_of(DATA)
-    wrong = ChunkLedger(CHUNK, ["00" * 32])
-    feed(wrong, DATA)
-    assert wrong.finish(len(DATA)) and wrong.shas == shas_of(DATA)
+def test_ledger_grows_its_chunk_size_for_a_huge_file_only_before_the_first_chunk() -> None:
+    huge = 3000 * MiB  # 1024 chunks of at least 3 MiB
+    ledger = ChunkLedger(CHUNK, adjustable=True)
+    ledger.feed(0, DATA[:10], huge)
+    assert ledger.chunk_size == 3 * MiB
+    fixed = ChunkLedger(CHUNK)
+    fixed.feed(0, DATA[:10], huge)
+    assert fixed.chunk_size == CHUNK
 
 
 def test_ledger_finish_needs_the_whole_file() -> None:

@@ -199,7 +199,7 @@ class _Fleet:
 
     def _park(self) -> None:
         """Leave what we verified where the origin download will resume from it."""
-        if self.filler is None or self.filler.hashed == 0:
+        if self.filler is None or self.filler.held_bytes == 0:
             return
         lease = self.following
         try:
@@ -301,13 +301,13 @@ class _Fleet:
                 "shared tier",
             )
         self.following = lease
-        if lease.size is None or (not lease.chunks and self.filler is None):
+        if lease.size is None or (not lease.published and self.filler is None):
             return False
         filler = self._filler(lease.size, lease.chunk_size)
         return self._io(filler.sync, lease.chunks)
 
     def _try_take_over(self, dead: Lease | None, etag: str) -> Outcome | None:
-        if dead is not None and dead.size is not None and dead.chunks:
+        if dead is not None and dead.size is not None and dead.published:
             try:  # first collect everything it published: the origin is the expensive part
                 self._filler(dead.size, dead.chunk_size).sync(dead.chunks)
             except CancelledError:
@@ -336,7 +336,8 @@ class _Fleet:
             return base
         if (filler.size, filler.chunk_size) != (dead.size, dead.chunk_size):
             return base
-        kept = dead.chunks[: filler.hashed]
+        # Its chunks stay listed (they are in the tier; we fetched what we could of them),
+        # and the in-order pass of our own download checks every one of them.
         return replace(
             base,
             chunk_size=dead.chunk_size,
@@ -344,8 +345,8 @@ class _Fleet:
             sha256=self.pin or dead.sha256,
             etag=dead.etag,
             last_modified=dead.last_modified,
-            done=filler.verified_bytes,
-            chunks=kept,
+            done=filler.held_bytes,
+            chunks=dead.chunks,
         )
 
     # -- leading -------------------------------------------------------------------------
@@ -361,18 +362,14 @@ class _Fleet:
             self.emit.emit("tier_lead", message="downloading from the origin for the fleet")
         if self.filler is not None:
             source_lease = previous if takeover else self.following
-            if self.filler.hashed:
-                expected = self.pin or lease.sha256
-                self.filler.checkpoint(source_lease, expected)
+            if self.filler.held_bytes:  # the origin download fetches only the gaps
+                self.filler.checkpoint(source_lease, self.pin or lease.sha256)
             self._drop_filler()
-        ledger = ChunkLedger(
-            lease.chunk_size,
-            [c.sha256 for c in lease.chunks],
-            adjustable=not lease.chunks,
-        )
+        ledger = ChunkLedger(lease.chunk_size, adjustable=not lease.published)
         keeper = LeaseKeeper(self.store, held, lambda: ledger.pos, max(0.2, self.ttl / 3))
         part = part_paths(self.directory, self.source.file_name)[0]
         publisher = Publisher(self.tier, self.source, part, ledger, keeper, lease.chunks)
+        keeper.progress = lambda: max(ledger.pos, publisher.seen_bytes)
         self.emit.tap = ledger.feed
         self.emit.listener = lambda kind: ledger.restart() if kind == "restart" else None
         keeper.start()
@@ -411,7 +408,7 @@ class _Fleet:
                     result.bytes,
                     ledger.chunk_size,
                     result.commit,
-                    have=tuple(publisher.refs),
+                    have=dict(publisher.refs),
                 )
         except CancelledError:
             raise

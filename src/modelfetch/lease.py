@@ -94,12 +94,18 @@ class Lease:
     sha256: str | None = None  # expected SHA-256, when the holder knows it
     etag: str | None = None  # the origin's validator, so a successor can resume with Range
     last_modified: str | None = None
-    done: int = 0  # bytes the holder has hashed in order: progress, even inside a chunk
-    chunks: tuple[ChunkRef, ...] = field(default=())
+    done: int = 0  # bytes the holder has on disk: progress, even inside a chunk
+    # Chunks published so far, by index; None where a chunk is not in the tier yet (a
+    # parallel download fills the file in several places at once).
+    chunks: tuple[ChunkRef | None, ...] = field(default=())
+
+    @property
+    def published(self) -> int:
+        return sum(c is not None for c in self.chunks)
 
     def encode(self) -> bytes:
         doc = asdict(self)
-        doc["chunks"] = [[c.run, c.sha256] for c in self.chunks]
+        doc["chunks"] = [None if c is None else [c.run, c.sha256] for c in self.chunks]
         return json.dumps({"modelfetch_lease": 1, **doc}, separators=(",", ":")).encode()
 
     def next_beat(self, wall: float, **changes: Any) -> Lease:
@@ -118,15 +124,21 @@ def _int(value: object, low: int, high: int) -> int | None:
     return None
 
 
-def parse_chunks(raw: object, size: int | None, chunk_size: int) -> tuple[ChunkRef, ...] | None:
-    """A published chunk list; None if any entry is malformed or there are too many."""
+def parse_chunks(
+    raw: object, size: int | None, chunk_size: int
+) -> tuple[ChunkRef | None, ...] | None:
+    """A published chunk list (null where a chunk is missing); None if any entry is
+    malformed or there are more entries than the file has chunks."""
     if not isinstance(raw, list):
         return None
     limit = MAX_CHUNKS if size is None else chunk_count(size, chunk_size)
     if len(raw) > limit or (raw and size is None):
         return None
-    refs = []
+    refs: list[ChunkRef | None] = []
     for item in raw:
+        if item is None:
+            refs.append(None)
+            continue
         if not (isinstance(item, list) and len(item) == 2):
             return None
         run, sha = item
@@ -145,7 +157,7 @@ class FileFields:
     size: int | None
     sha256: str | None
     chunk_size: int
-    chunks: tuple[ChunkRef, ...]
+    chunks: tuple[ChunkRef | None, ...]
 
 
 def parse_file_fields(doc: dict[str, Any]) -> FileFields | None:
@@ -295,7 +307,7 @@ class Watch:
             self.etag = etag
             self.changed = now
         token = lease.token if lease is not None else None
-        mark = (lease.done, len(lease.chunks)) if lease is not None else (-1, -1)
+        mark = (lease.done, lease.published) if lease is not None else (-1, -1)
         if token != self.token or mark != self.progress:
             self.token, self.progress, self.progressed = token, mark, now
 

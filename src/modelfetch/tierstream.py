@@ -25,7 +25,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,12 +116,13 @@ def decode_manifest(data: bytes) -> Manifest | None:
     fields = parse_file_fields(doc)
     if fields is None or fields.size is None or fields.sha256 is None:
         return None
-    if len(fields.chunks) != chunk_count(fields.size, fields.chunk_size):
-        return None  # a manifest describes a whole file
+    chunks = tuple(c for c in fields.chunks if c is not None)
+    if len(chunks) != chunk_count(fields.size, fields.chunk_size):
+        return None  # a manifest describes a whole file, every chunk of it
     commit = doc.get("commit")
     if not (isinstance(commit, str) and _COMMIT.match(commit)):
         commit = None
-    return Manifest(fields.size, fields.sha256, fields.chunk_size, fields.chunks, commit)
+    return Manifest(fields.size, fields.sha256, fields.chunk_size, chunks, commit)
 
 
 def read_manifest(tier: RemoteTier, source: ModelSource) -> tuple[Manifest | None, str] | None:
@@ -147,15 +148,13 @@ class ChunkLedger:
     and the leader falls back to uploading the finished file.
     """
 
-    def __init__(
-        self, chunk_size: int, known: Sequence[str] = (), *, adjustable: bool = False
-    ) -> None:
+    def __init__(self, chunk_size: int, *, adjustable: bool = False) -> None:
         self.cond = threading.Condition()
         self.chunk_size = chunk_size
         # True: grow chunk_size for a very large file once its size is known (before the
         # first chunk; a taken-over list keeps the size its chunks were cut with).
-        self.adjustable = adjustable and not known
-        self.shas: list[str] = list(known)
+        self.adjustable = adjustable
+        self.shas: list[str] = []
         self.total: int | None = None
         self.pos = 0
         self.broken = False
@@ -300,7 +299,17 @@ class LeaseKeeper:
 
 
 class Publisher:
-    """Uploads the ledger's chunks from the leader's part file as they complete."""
+    """Uploads the leader's chunks as soon as they are on disk and keeps the lease's chunk
+    list current.
+
+    A chunk goes up once the download's in-order pass has hashed it (the ledger), or
+    earlier, as soon as the part's checkpoint shows its bytes on disk: a parallel download
+    fills the file in several places at once, and followers should not wait for its first
+    segment to finish. Such an early chunk is a claim: when the in-order pass gets there
+    and hashes it differently, it is dropped and uploaded again under a new run id. Every
+    chunk's SHA-256 is computed from the very bytes uploaded, and the manifest lists only
+    chunks the in-order pass confirmed.
+    """
 
     def __init__(
         self,
@@ -309,20 +318,20 @@ class Publisher:
         part: Path,
         ledger: ChunkLedger,
         keeper: LeaseKeeper,
-        inherited: Sequence[ChunkRef] = (),
+        inherited: Sequence[ChunkRef | None] = (),
     ) -> None:
         self.tier = tier
         self.source = source
         self.part = part
+        self.state_path = part_paths(part.parent, source.file_name)[1]
         self.ledger = ledger
         self.keeper = keeper
-        self.refs: list[ChunkRef] = list(inherited)
+        self.refs: dict[int, ChunkRef] = {i: r for i, r in enumerate(inherited) if r}
         self.run = new_run()
         self.error: str | None = None
         self.described = False
-        self._next = len(self.refs)  # the next chunk index to upload
-        self._inflight: dict[concurrent.futures.Future[bool], tuple[str, int, str]] = {}
-        self._ready: dict[int, ChunkRef] = {}  # uploaded, waiting for the chunks before it
+        self.seen_bytes = 0  # bytes the part's checkpoint says are on disk
+        self._inflight: dict[concurrent.futures.Future[str | None], tuple[str, int]] = {}
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._loop, name="modelfetch-publish", daemon=True)
@@ -330,54 +339,75 @@ class Publisher:
     def start(self) -> None:
         self._thread.start()
 
-    def _valid_prefix(self) -> int:
-        """How many published refs still agree with the ledger (call with its lock held)."""
+    def listed(self) -> tuple[ChunkRef | None, ...]:
+        """The chunk list for the lease (call with the ledger's lock held)."""
+        top = max(self.refs, default=-1) + 1
+        return tuple(self.refs.get(i) for i in range(top))
+
+    def _reconcile(self) -> None:
+        """Drop published chunks the in-order pass hashed differently (ledger lock held)."""
         shas = self.ledger.shas
-        for i, ref in enumerate(self.refs):
-            if i < len(shas) and ref.sha256 != shas[i]:
-                return i
-        return len(self.refs)
+        wrong = [i for i, ref in self.refs.items() if i < len(shas) and ref.sha256 != shas[i]]
+        for i in wrong:
+            del self.refs[i]
+        if wrong:
+            self.run = new_run()  # never overwrite a chunk a follower may be reading
 
-    def _plan(self) -> tuple[list[tuple[int, str, int]], bool]:
-        """Chunks to upload next (index, SHA-256, total size), and whether to stop."""
+    def _candidates(self, total: int) -> list[tuple[int, str | None]]:
+        """Chunks to upload, lowest first: hashed in order (with the SHA-256 they must
+        have), and those the checkpoint shows on disk ahead of the in-order pass."""
+        ahead = self._on_disk(total)
+        busy = {index for _, index in self._inflight.values()}
         with self.ledger.cond:
-            if self.ledger.broken:
-                self.error = self.error or "the download's in-order pass went out of step"
-                return [], True
-            valid = self._valid_prefix()
-            if valid < len(self.refs):
-                del self.refs[valid:]
-                self.run = new_run()  # never overwrite a chunk a follower may be reading
-                self._ready.clear()
-                self._next = valid
-            self._next = max(self._next, len(self.refs))
-            total, shas = self.ledger.total, self.ledger.shas
-            jobs: list[tuple[int, str, int]] = []
-            while total is not None and self._next < len(shas) and len(jobs) < self._room():
-                jobs.append((self._next, shas[self._next], total))
-                self._next += 1
-            return jobs, False
+            self._reconcile()
+            shas = list(self.ledger.shas)
+            have = set(self.refs) | busy
+        jobs: list[tuple[int, str | None]] = [
+            (i, sha) for i, sha in enumerate(shas) if i not in have
+        ]
+        jobs += [(i, None) for i in ahead if i >= len(shas) and i not in have]
+        return sorted(jobs, key=lambda job: job[0])
 
-    def _room(self) -> int:
-        return UPLOADS - len(self._inflight)
+    def _on_disk(self, total: int) -> list[int]:
+        """Chunks lying wholly in ranges the part's checkpoint records as written."""
+        state = load_part_state(self.state_path, self.source.cache_key)
+        if state is None or state.total != total:
+            return []
+        size = self.ledger.chunk_size
+        found: list[int] = []
+        seen = 0
+        for start, _end, pos in state.segments:
+            seen += pos - start
+            index = -(-start // size)
+            while index * size < pos:
+                offset, length = chunk_span(index, total, size)
+                if length == 0 or offset + length > pos:
+                    break
+                found.append(index)
+                index += 1
+        self.seen_bytes = seen
+        return found
 
-    def _upload(self, run: str, index: int, sha: str, total: int) -> bool:
-        """Upload one chunk read back from the part; False if the part no longer holds
-        the bytes the ledger hashed (a restart in between)."""
+    def _upload(self, run: str, index: int, expect: str | None, total: int) -> str | None:
+        """Upload one chunk read back from the part; its SHA-256, or None if the part does
+        not hold what the in-order pass hashed there (it changed in between)."""
         offset, length = chunk_span(index, total, self.ledger.chunk_size)
         try:
             data = _read_exact(self.part, offset, length)
         except OSError:
-            return False
-        if hashlib.sha256(data).hexdigest() != sha:
-            return False
+            return None
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) != length or (expect is not None and sha != expect):
+            return None
         self.tier.put_chunk(chunk_key(self.tier, self.source, run, index), data, sha)
-        return True
+        return sha
 
     def _loop(self) -> None:
         with concurrent.futures.ThreadPoolExecutor(UPLOADS, "modelfetch-upload") as pool:
             try:
                 self._dispatch(pool)
+            except Exception as exc:  # the leader's own download never depends on this
+                self.error = f"publishing failed ({type(exc).__name__})"
             finally:
                 for future in self._inflight:
                     future.cancel()
@@ -386,14 +416,17 @@ class Publisher:
     def _dispatch(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
         mismatches = 0
         while not self._stop.is_set() and self.error is None:
-            jobs, stop = self._plan()
-            if stop:
+            if self.ledger.broken:
+                self.error = "the download's in-order pass went out of step"
                 return
-            for index, sha, total in jobs:
+            total = self.ledger.total
+            if total is not None:
                 if not self.described:
                     self._describe(total)
-                future = pool.submit(self._upload, self.run, index, sha, total)
-                self._inflight[future] = (self.run, index, sha)
+                room = UPLOADS - len(self._inflight)
+                for index, sha in self._candidates(total)[: max(0, room)]:
+                    future = pool.submit(self._upload, self.run, index, sha, total)
+                    self._inflight[future] = (self.run, index)
             if not self._inflight:
                 with self.ledger.cond:
                     self.ledger.cond.wait(0.25)
@@ -401,47 +434,40 @@ class Publisher:
             finished, _ = concurrent.futures.wait(
                 list(self._inflight), timeout=0.25, return_when="FIRST_COMPLETED"
             )
+            published = False
             for future in finished:
-                run, index, sha = self._inflight.pop(future)
+                run, index = self._inflight.pop(future)
                 exc = future.exception()
                 if exc is not None:
                     self.error = f"chunk upload failed ({type(exc).__name__})"
                     return
-                if not future.result():
+                sha = future.result()
+                if sha is None:
                     mismatches += 1  # the part changed under us; the ledger will catch up
                     if mismatches >= MAX_MISMATCHES:
                         self.error = "the part file changed while it was being published"
                         return
-                    with self.ledger.cond:
-                        self._next = min(self._next, index)
-                    self._stop.wait(0.1)
                     continue
-                if run == self.run:
-                    self._ready[index] = ChunkRef(run, sha)
-            self._collect()
+                mismatches = 0
+                published |= self._record(run, index, sha)
+            if published:
+                with self.ledger.cond:
+                    listed = self.listed()
+                self.keeper.update(chunks=listed)
+            self._notify()
 
-    def _collect(self) -> None:
-        """Publish the uploaded chunks that extend the contiguous list."""
+    def _record(self, run: str, index: int, sha: str) -> bool:
         with self.ledger.cond:
             shas = self.ledger.shas
-            grew = False
-            while len(self.refs) in self._ready:
-                ref = self._ready.pop(len(self.refs))
-                if len(self.refs) >= len(shas) or shas[len(self.refs)] != ref.sha256:
-                    self._next = min(self._next, len(self.refs))
-                    break
-                self.refs.append(ref)
-                grew = True
-            refs = tuple(self.refs)
-        if grew:
-            self.keeper.update(chunks=refs)
-        self._notify()
+            if run != self.run or (index < len(shas) and shas[index] != sha):
+                return False
+            self.refs[index] = ChunkRef(run, sha)
+            return True
 
     def _describe(self, total: int) -> None:
         """Put what a successor needs into the lease: size, validator, expected hash."""
         self.described = True
-        name = self.part.name[: -len(".part")]
-        state = load_part_state(part_paths(self.part.parent, name)[1], self.source.cache_key)
+        state = load_part_state(self.state_path, self.source.cache_key)
         changes: dict[str, Any] = {"size": total, "chunk_size": self.ledger.chunk_size}
         if state is not None:
             changes.update(etag=state.etag, last_modified=state.last_modified)
@@ -453,15 +479,22 @@ class Publisher:
         with self._idle:
             self._idle.notify_all()
 
+    def _confirmed(self, want: int) -> tuple[ChunkRef, ...] | None:
+        """Every chunk published and confirmed by the in-order pass (ledger lock held)."""
+        self._reconcile()
+        if len(self.ledger.shas) != want or any(i not in self.refs for i in range(want)):
+            return None
+        return tuple(self.refs[i] for i in range(want))
+
     def drain(self, total: int) -> tuple[ChunkRef, ...] | None:
         """Wait until every chunk of the finished file is published; None if that failed."""
         want = chunk_count(total, self.ledger.chunk_size)
         seen, last = -1, time.monotonic()
         while True:
             with self.ledger.cond:
-                count = len(self.refs) if self._valid_prefix() == len(self.refs) else -1
-                refs = tuple(self.refs)
-            if count == want and self.error is None:
+                refs = self._confirmed(want)
+                count = len(self.refs)
+            if refs is not None and self.error is None:
                 return refs
             if self.error is not None or not self._thread.is_alive():
                 return None
@@ -474,7 +507,7 @@ class Publisher:
                 self._idle.wait(0.25)
 
     def stop(self, wait: float = UPLOAD_STALL) -> None:
-        """Stop after the upload in flight (waiting at most ``wait`` seconds for it)."""
+        """Stop after the uploads in flight (waiting at most ``wait`` seconds for them)."""
         self._stop.set()
         with self.ledger.cond:
             self.ledger.cond.notify_all()
@@ -506,7 +539,7 @@ def upload_file(
     size: int,
     chunk_size: int,
     commit: str | None = None,
-    have: Sequence[ChunkRef] = (),
+    have: Mapping[int, ChunkRef] | None = None,
 ) -> Manifest:
     """Publish a finished, verified file as chunks + manifest (``have``: chunks already in
     the tier, re-checked against the file). Raises IntegrityError if the file is not the
@@ -521,8 +554,9 @@ def upload_file(
         sha = hashlib.sha256(data).hexdigest()
         if len(data) != length:
             break
-        if index < len(have) and have[index].sha256 == sha:
-            refs.append(have[index])
+        known = (have or {}).get(index)
+        if known is not None and known.sha256 == sha:
+            refs.append(known)
             continue
         tier.put_chunk(chunk_key(tier, source, run, index), data, sha)
         refs.append(ChunkRef(run, sha))
@@ -580,18 +614,29 @@ class PartFiller:
         self.emit.emit("start", 0, size)
 
     @property
-    def verified_bytes(self) -> int:
-        return min(self.size, self.hashed * self.chunk_size)
+    def held_bytes(self) -> int:
+        return sum(
+            chunk_span(i, self.size, self.chunk_size)[1]
+            for i, sha in enumerate(self.held)
+            if sha is not None
+        )
 
-    def sync(self, refs: Sequence[ChunkRef]) -> bool:
+    def holds(self, index: int, ref: ChunkRef | None) -> bool:
+        return ref is not None and index < self.count and self.held[index] == ref.sha256
+
+    def sync(self, refs: Sequence[ChunkRef | None]) -> bool:
         """Fetch every listed chunk not yet held. True if anything new arrived."""
         self._forget_changed(refs)
-        todo = [i for i, ref in enumerate(refs[: self.count]) if self.held[i] is None]
+        todo = [
+            (i, ref)
+            for i, ref in enumerate(refs[: self.count])
+            if ref is not None and self.held[i] is None
+        ]
         if not todo:
             return False
         workers = min(FOLLOW_PARALLEL, len(todo))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            futures = {pool.submit(self._fetch_chunk, i, refs[i]): i for i in todo}
+            futures = {pool.submit(self._fetch_chunk, i, ref): i for i, ref in todo}
             errors: list[BaseException] = []
             for future in concurrent.futures.as_completed(futures):
                 if future.cancelled():  # after a hard error elsewhere: not needed any more
@@ -608,16 +653,14 @@ class PartFiller:
             raise hard[0]
         return len(errors) < len(todo)
 
-    def _forget_changed(self, refs: Sequence[ChunkRef]) -> None:
-        """The leader re-published from some chunk on: what we hold from there is stale."""
+    def _forget_changed(self, refs: Sequence[ChunkRef | None]) -> None:
+        """The leader re-published a chunk with other bytes: what we hold there is stale."""
         for i, ref in enumerate(refs[: self.count]):
-            if self.held[i] is not None and self.held[i] != ref.sha256:
-                for j in range(i, self.count):
-                    self.held[j] = None
-                if self.hashed > i:
+            if ref is not None and self.held[i] is not None and self.held[i] != ref.sha256:
+                self.held[i] = None
+                if self.hashed > i:  # the file's hash went past it: hash again from 0
                     self.hashed = 0
                     self._hasher = hashlib.sha256()
-                return
 
     def _fetch_chunk(self, index: int, ref: ChunkRef) -> None:
         offset, length = chunk_span(index, self.size, self.chunk_size)
@@ -693,7 +736,7 @@ class PartFiller:
                 offset += len(piece)
                 length -= len(piece)
             self.hashed += 1
-        self.emit.bytes(self.verified_bytes, self.size)
+        self.emit.bytes(self.held_bytes, self.size)
 
     def finish(self, expected: Sequence[str]) -> tuple[str, int]:
         """All chunks are in: the file's SHA-256, checked against every ``expected`` hash."""
@@ -710,8 +753,8 @@ class PartFiller:
         return digest, self.size
 
     def checkpoint(self, lease: Lease | None, expected: str | None) -> None:
-        """Describe the verified prefix in the downloader's part sidecar, so a download from
-        the origin (after a take-over) resumes after it instead of starting over."""
+        """Describe the chunks we hold in the downloader's part sidecar, so a download from
+        the origin (after a take-over) fetches only the gaps instead of starting over."""
         if self.fd is None:
             return
         os.fdatasync(self.fd)
@@ -721,9 +764,23 @@ class PartFiller:
             lease.last_modified if lease else None,
             self.size,
             expected,
-            ((0, self.size, self.verified_bytes),),
+            self._segments(),
         )
         save_part_state(self.state_path, state)
+
+    def _segments(self) -> tuple[tuple[int, int, int], ...]:
+        """[start, end, pos] tiling the file: each a run of held chunks, then a gap."""
+        segments = []
+        i = 0
+        while i < self.count:
+            start = chunk_span(i, self.size, self.chunk_size)[0]
+            while i < self.count and self.held[i] is not None:
+                i += 1
+            pos = min(self.size, i * self.chunk_size)
+            while i < self.count and self.held[i] is None:
+                i += 1
+            segments.append((start, min(self.size, i * self.chunk_size), pos))
+        return tuple(segments)
 
     def close(self) -> None:
         if self.fd is not None:
