@@ -114,7 +114,7 @@ class SeaweedFS:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=3)  # weed lingers on SIGTERM; test data is disposable
+                self.proc.wait(timeout=1)  # weed lingers on SIGTERM; test data is disposable
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=15)

@@ -144,3 +144,14 @@ def test_bad_tier_urls_are_refused(url: str) -> None:
 
     with pytest.raises(InvalidSourceError):
         RemoteTier(url)
+
+
+def test_two_seaweedfs_servers_run_side_by_side(seaweed: SeaweedFS) -> None:
+    """Test runs share this machine: a second SeaweedFS must not collide with the first
+    (SeaweedFS 4.x opens catalog listeners on fixed ports unless told not to)."""
+    with SeaweedFS() as other:
+        assert other.endpoint != seaweed.endpoint
+        client = other.client()
+        client.create_bucket(Bucket="side-by-side")
+        client.put_object(Bucket="side-by-side", Key="k", Body=b"v")
+        assert client.get_object(Bucket="side-by-side", Key="k")["Body"].read() == b"v"
