@@ -12,7 +12,7 @@ Printed per scenario: origin bytes (from nginx's access log, as a multiple of th
 size), each machine's wall time (from its start signal to its verified entry) and how it
 got the file, and the slowest machine's time as a ratio to the cold download.
 
-Usage: bash bench/fleet.sh [--size-mib 256] [--machines 8] [--rate-mb 25] [--ttl 3]
+Usage: bash bench/fleet.sh [--size-mib 256] [--machines 8] [--rate-mb 4] [--ttl 3] [--chunk-mib 8]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class Machine:
     proc: subprocess.Popen[str]
     killed: bool = False
     seconds: float | None = None
+    cpu: float | None = None
     via: str = ""
 
 
@@ -63,7 +64,10 @@ class Result:
         return {
             "scenario": self.title,
             "origin_bytes": self.origin_bytes,
-            "machines": [{"tag": m.tag, "seconds": m.seconds, "via": m.via} for m in self.machines],
+            "machines": [
+                {"tag": m.tag, "seconds": m.seconds, "cpu": m.cpu, "via": m.via}
+                for m in self.machines
+            ],
         }
 
 
@@ -94,11 +98,12 @@ class Bench:
         self.work: Path = args.workdir
         self.url = nginx.url(args.name)
         self.size = args.size_mib * 1024 * 1024
+        self.machines_dir: Path = args.machines_dir or self.work / "machines"
 
     def launch(self, tag: str, remote: str, go: Path) -> Machine:
         spec = {
             "url": self.url,
-            "cache_dir": str(self.work / "machines" / tag),
+            "cache_dir": str(self.machines_dir / tag),
             "markers": str(self.work / "markers"),
             "tag": tag,
             "remote": remote,
@@ -123,9 +128,9 @@ class Bench:
     def run(
         self, title: str, count: int, stagger: float = 0.0, kill: bool = False, tier: bool = True
     ) -> Result:
-        for sub in ("machines", "markers", "go"):
-            shutil.rmtree(self.work / sub, ignore_errors=True)
-            (self.work / sub).mkdir(parents=True)
+        for folder in (self.machines_dir, self.work / "markers", self.work / "go"):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
         bucket = f"fleet-{uuid.uuid4().hex[:10]}"
         self.weed.client().create_bucket(Bucket=bucket)
         remote = f"s3://{bucket}/models" if tier else ""
@@ -152,6 +157,7 @@ class Bench:
             lines = out.strip().splitlines()
             report = json.loads(lines[-1]) if lines else {"error": "no output"}
             m.seconds = report.get("seconds")
+            m.cpu = report.get("cpu")
             m.via = str(report.get("via") or report.get("error"))
         return Result(title, origin_bytes(self.nginx, self.args.name), machines)
 
@@ -169,7 +175,8 @@ def show(result: Result, size: int, cold: float | None) -> None:
     print(f"\n== {result.title}: origin bytes {result.origin_bytes / size:.2f}x the file size")
     for m in result.machines:
         seconds = f"{m.seconds:7.2f} s" if m.seconds is not None else "      -  "
-        print(f"   {m.tag:4} {seconds}  {m.via}")
+        cpu = f"cpu {m.cpu:5.2f} s" if m.cpu is not None else ""
+        print(f"   {m.tag:4} {seconds}  {cpu:12} {m.via}")
     slowest = result.slowest()
     if slowest is not None and cold:
         print(f"   slowest {slowest:.2f} s = {slowest / cold:.2f}x one cold download")
@@ -179,12 +186,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--machines", type=int, default=8)
-    parser.add_argument("--rate-mb", type=int, default=25, help="origin limit per connection")
+    parser.add_argument("--rate-mb", type=int, default=4, help="origin limit per connection")
     parser.add_argument("--ttl", type=float, default=3.0, help="lease ttl in seconds")
-    parser.add_argument("--chunk-mib", type=int, default=16)
+    parser.add_argument("--chunk-mib", type=int, default=8)
     parser.add_argument("--stagger", type=float, default=2.0)
     parser.add_argument("--scenarios", default="together,staggered,killed")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modelfetch-bench-fleet"))
+    parser.add_argument(
+        "--machines-dir",
+        type=Path,
+        help="where the machines' cache roots go (default: in --workdir); on one host all "
+        "machines share one disk, a tmpfs (/dev/shm/...) takes that contention away",
+    )
     args = parser.parse_args()
     args.name = f"fleet-{args.size_mib}m.bin"
     (args.workdir / "www").mkdir(parents=True, exist_ok=True)
@@ -219,7 +232,7 @@ def main() -> None:
                 results.append(result)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"args": {**vars(args), "workdir": str(args.workdir)}}
+    doc = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     doc["results"] = [r.to_dict() for r in results]
     (out / "fleet.json").write_text(json.dumps(doc, indent=2))
 

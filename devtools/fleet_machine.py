@@ -7,13 +7,15 @@ SPEC: {"url", "cache_dir", "markers", "tag", "remote", "endpoint", "chunk_size",
 "go" (a file to wait for, so that every machine starts at the same moment), and optionally
 "connections" and "parallel_below_mbps" (null: all connections at once)}. Touches
 MARKERS/TAG.<event kind> for the lifecycle events it sees, and prints one JSON line:
-{"sha256", "path", "via", "seconds" (from the go signal to the verified entry)} or
+{"sha256", "path", "via", "seconds" (from the go signal to the verified entry), "cpu"
+(the process's CPU seconds)} or
 {"error": "..."}.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -59,6 +61,7 @@ def main() -> int:
         "path": str(entry.path),
         "via": entry.via,
         "seconds": time.monotonic() - started,
+        "cpu": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),  # user + system seconds
     }
     print(json.dumps(report), flush=True)
     return 0
