@@ -9,7 +9,7 @@ can be checked without sockets; remote.py adapts them to S3.
 
 Object stores differ in what they guarantee. Where ``If-None-Match: *`` and ``If-Match``
 are enforced, only one machine's write wins. Some stores accept the headers but let racing
-writes all succeed (SeaweedFS before 4.17, issue #8800), so every take is confirmed by
+writes all succeed (SeaweedFS 4.16, issue #8800), so every take is confirmed by
 reading the lease back after a short settle delay: the last writer wins, and a machine
 whose token is not the one stored does not lead. A race the settle delay cannot see (a
 writer stalled for longer than the delay between its check and its write) costs one extra

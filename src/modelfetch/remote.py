@@ -1,14 +1,16 @@
 """A shared S3-compatible tier between machines' local caches and the origin.
 
-``ensure`` checks the local cache, then the tier, then the origin, and puts what it fetched
-from the origin into the tier, so a fleet pulls each file from the origin once. Objects live
-at ``<prefix>/<cache key>/<file name>`` and carry their SHA-256 and size as object metadata.
+A file lives under ``<prefix>/<cache key>/``: ``manifest.json`` and ``chunks/<run>/<n>``
+(tierstream.py), and while a machine downloads it for the fleet, ``lease.json`` (lease.py;
+fleet.py puts them together). Earlier versions wrote one object, ``<prefix>/<cache
+key>/<file name>`` with its SHA-256 and size as metadata; that form is still read, through
+the same resumable, verified downloader as any URL (a presigned GET whose signature is
+redacted wherever the URL is shown).
 
-A tier object is never trusted blindly: it is downloaded with its recorded SHA-256 as the
-expected hash (and must match a caller-pinned hash too), through the same resumable,
-parallel, verified downloader as any URL: boto3 signs a presigned GET, and the signature
-in its query string is redacted wherever the URL is shown. boto3 does the S3 parts it is
-good at: HEAD with metadata, multipart uploads, signing.
+This module is the S3 side only: small JSON documents with conditional writes
+(``If-None-Match: *``, ``If-Match``) for the lease, chunk objects, and the old single
+object. boto3 signs and retries; lease and manifest calls use short timeouts, so a dead
+store is noticed within seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class RemoteTier:
         # False: never send If-None-Match / If-Match (a store that rejects them); the lease
         # protocol then relies on its read-back confirmation alone.
         self.conditional_writes = conditional_writes
-        self._client: Any = None
+        self._clients: dict[str, Any] = {}
         self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -61,12 +63,22 @@ class RemoteTier:
 
     @property
     def client(self) -> Any:
-        with self._client_lock:  # boto3's default session is not thread-safe
-            if self._client is None:
-                self._client = self._make_client()
-            return self._client
+        """For object bodies (chunks, the old single object): patient."""
+        return self._client("data", read_timeout=60, attempts=3)
 
-    def _make_client(self) -> Any:
+    @property
+    def control(self) -> Any:
+        """For the lease and the manifest: a follower's wait and a leader's heartbeat are
+        bounded by the lease's ttl, so these calls must fail fast, not in minutes."""
+        return self._client("control", read_timeout=10, attempts=2)
+
+    def _client(self, kind: str, read_timeout: float, attempts: int) -> Any:
+        with self._client_lock:  # boto3's default session is not thread-safe
+            if kind not in self._clients:
+                self._clients[kind] = self._make_client(read_timeout, attempts)
+            return self._clients[kind]
+
+    def _make_client(self, read_timeout: float, attempts: int) -> Any:
         try:
             import boto3
             from botocore.config import Config
@@ -79,8 +91,8 @@ class RemoteTier:
             endpoint_url=self.endpoint_url,
             config=Config(
                 connect_timeout=5,
-                read_timeout=60,
-                retries={"max_attempts": 3, "mode": "standard"},
+                read_timeout=read_timeout,
+                retries={"max_attempts": attempts, "mode": "standard"},
                 s3={"addressing_style": "path"},
                 signature_version="s3v4",
                 max_pool_connections=16,
@@ -131,7 +143,7 @@ class RemoteTier:
         from botocore.exceptions import ClientError
 
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            obj = self.control.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 return None
@@ -158,7 +170,7 @@ class RemoteTier:
         elif self.conditional_writes and match is not None:
             args["IfMatch"] = match
         try:
-            return str(self.client.put_object(**args).get("ETag", ""))
+            return str(self.control.put_object(**args).get("ETag", ""))
         except ClientError as exc:
             if _code(exc) in _CONFLICT:
                 return None
@@ -173,7 +185,7 @@ class RemoteTier:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.control.delete_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) not in _MISSING:
                 raise
