@@ -214,6 +214,7 @@ class FaultServer:
                 assert head is not None
                 self.wfile.write(body[:head])
                 self.wfile.flush()
+                server.count_body(self.path.split("?", 1)[0], len(body[:head]))
                 if res.stall_after is not None:
                     server.closing.wait(timeout=60)
                 else:
@@ -222,6 +223,7 @@ class FaultServer:
                             break
                         self.wfile.write(body[i : i + 1])
                         self.wfile.flush()
+                        server.count_body(self.path.split("?", 1)[0], 1)
                 self.close_connection = True
 
             def _simple(
