@@ -155,3 +155,22 @@ def test_two_seaweedfs_servers_run_side_by_side(seaweed: SeaweedFS) -> None:
         client.create_bucket(Bucket="side-by-side")
         client.put_object(Bucket="side-by-side", Key="k", Body=b"v")
         assert client.get_object(Bucket="side-by-side", Key="k")["Body"].read() == b"v"
+
+
+def test_conditional_writes_on_the_real_store(seaweed: SeaweedFS, tier_url: str) -> None:
+    """What the lease builds on, checked against this SeaweedFS (issue #8800 was about
+    version 4.16 letting concurrent If-None-Match writes all succeed)."""
+    import concurrent.futures
+
+    tier = RemoteTier(tier_url, seaweed.endpoint)
+    key = f"{tier.prefix}/probe/lease.json"
+    first = tier.write_doc(key, b"{}", create=True)
+    assert first and tier.write_doc(key, b"[]", create=True) is None
+    assert tier.write_doc(key, b"[1]", match='"not-the-etag"') is None
+    assert tier.write_doc(key, b"[2]", match=first) not in (None, first)
+    race = f"{key}.race"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        racers = list(pool.map(lambda i: tier.write_doc(race, b"%d" % i, create=True), range(8)))
+    assert sum(etag is not None for etag in racers) == 1
+    stored = tier.read_doc(race, 100)
+    assert stored is not None and stored[1] in racers
