@@ -150,7 +150,10 @@ def _fetch_from_hub(
         raise IntegrityError(
             f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
         )
-    return replace(result, commit=info.commit)
+    if result.not_modified:  # nothing was downloaded, so nothing new was verified
+        return replace(result, commit=info.commit)
+    # The downloader checked the bytes against git_sha1 (or failed): it may be recorded.
+    return replace(result, commit=info.commit, git_sha1=git_sha1)
 
 
 def adopt_from_hub_cache(
@@ -195,7 +198,9 @@ def adopt_from_hub_cache(
         return None
     how = "linked" if adopted.linked else "copied"
     emitter.emit("adopted", adopted.size, adopted.size, f"{how} from {repo.blob(name)}")
-    return FetchResult(adopted.sha256, adopted.size, None, None, commit=commit)
+    # The content hashed to its name: a 40-hex name is its git blob id, verified.
+    git_sha1 = name if len(name) == 40 else None
+    return FetchResult(adopted.sha256, adopted.size, None, None, commit=commit, git_sha1=git_sha1)
 
 
 def ensure(
@@ -399,6 +404,7 @@ def _promote(
         last_modified=result.last_modified,
         transient=transient,
         commit=result.commit,
+        git_sha1=result.git_sha1,
     )
 
 
