@@ -395,6 +395,26 @@ class Cache:
             pass
         return meta
 
+    def restamp_linked(self, entry: CacheEntry) -> None:
+        """A new hard link to the entry's file (the Hugging Face cache's blob, another
+        commit's entry) changes its ctime, which is part of the stamp that lets a hit skip
+        re-hashing: record the new stamp if nothing else about the file changed."""
+        with self.lock(entry.directory).hold():
+            try:
+                meta = read_metadata(entry.directory)
+                st = os.lstat(entry.path)
+            except (MetadataError, OSError):
+                return
+            old = meta.stamp
+            if old is None or (old.size, old.mtime_ns, old.ino) != (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+            ):
+                return
+            if old != FileStamp.of(st):
+                write_metadata(entry.directory, meta.with_stamp(FileStamp.of(st)))
+
     # -- writing ------------------------------------------------------------------------
     def promote(
         self,
