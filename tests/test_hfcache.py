@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from devtools.hub_emulator import HubEmulator, git_blob_sha1, lfs_pointer
 from modelfetch import Cache, CacheMissError, EnsureOptions, ModelSource, ProgressEvent, ensure
@@ -413,3 +414,19 @@ def test_cli_publishes_a_split_set_chosen_by_tag_also_on_a_later_hit(
     modelfetch_cli([*root, "get", f"hf://{SPLIT_REPO}/{first}", f"--hf-cache={other}", "-q"], {})
     assert read_offline(other, list(SHARD_FILES), repo=SPLIT_REPO) == SHARD_FILES
     assert not (HubCacheRepo(other, SPLIT_REPO).folder / "trees").exists()
+
+
+def test_a_file_whose_commit_is_unknown_is_not_published_but_warned_about(
+    server: FaultServer, tmp_path: Path, opts: EnsureOptions
+) -> None:
+    """An upstream that names no commit (no X-Repo-Commit): there is no snapshots/<commit>
+    to put the file in, and a made-up one would mislead huggingface_hub."""
+    server.add(f"/{REPO}/resolve/main/config.json", Resource(CONFIG))
+    hub = tmp_path / "hub"
+    events: list[ProgressEvent] = []
+    entry = ensure(f"hf://{REPO}/config.json", opts, hf_endpoint=server.url(""),
+                   hf_cache=hub, progress=events.append)  # fmt: skip
+    assert entry.path.read_bytes() == CONFIG and entry.commit is None
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert len(warnings) == 1 and "commit" in warnings[0] and "not published" in warnings[0]
+    assert not HubCacheRepo(hub, REPO).folder.exists()
