@@ -115,7 +115,7 @@ def test_published_snapshot_is_read_by_huggingface_hub_offline(
     )
     # blobs are the entries' own inodes: no second copy on disk
     for f in TREE:
-        assert os.stat(repo.blob(f.hf_blob_name)).st_ino == os.stat(entries[f.path].path).st_ino
+        assert os.stat(repo.blob(f.hf_blob_name)).st_ino == os.stat(entries[f.path]).st_ino
     tree = json.loads(repo.tree(COMMIT).read_text())
     assert tree["format_version"] == 1
     assert tree["files"]["model.safetensors"] == {
