@@ -14,7 +14,8 @@ Layout (hub-docs ``local-cache.md``; huggingface_hub ``file_download.py``,
                                         snapshot_download uses it to detect a partial snapshot
 
 Publishing is ordered so that no crash leaves anything a reader could take for complete:
-the tree listing first (a partial snapshot is then detectably partial), then the blobs
+the tree listing first (a partial snapshot is then detectably partial; single ``hf://``
+files publish none, as ``hf_hub_download`` writes none), then the blobs
 (hard links to modelfetch's entry files, so no second copy on disk; copies across
 filesystems), then the snapshot links (a new snapshot directory is built under
 ``.modelfetch-tmp/`` and renamed into place; links added to an existing one are each made
