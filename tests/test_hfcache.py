@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from devtools.hub_emulator import HubEmulator, git_blob_sha1, lfs_pointer
-from modelfetch import CacheMissError, EnsureOptions, ProgressEvent, ensure
+from modelfetch import Cache, CacheMissError, EnsureOptions, ModelSource, ProgressEvent, ensure
 from modelfetch.hfcache import HubCacheRepo, default_hub_cache, hub_cache_setting
 from modelfetch.hubtree import RepoFile
 
@@ -278,7 +279,7 @@ def test_offline_adoption_by_ref_and_snapshot_link_makes_no_request(
 
 
 def test_a_corrupt_hub_cache_blob_is_not_adopted(
-    emu: HubEmulator, tmp_path: Path, opts: EnsureOptions
+    emu: HubEmulator, tmp_path: Path, opts: EnsureOptions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hub = tmp_path / "hub"
     hf_download(emu, hub, ["model.safetensors"])
@@ -287,7 +288,8 @@ def test_a_corrupt_hub_cache_blob_is_not_adopted(
     bad[1000] ^= 0xFF
     blob.write_bytes(bytes(bad))
     emu.cdn.log.clear()
-    entry = ensure(f"hf://{REPO}/model.safetensors", opts, hf_cache=hub)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))  # adopted from, not published into
+    entry = ensure(f"hf://{REPO}/model.safetensors", opts)
     assert entry.path.read_bytes() == WEIGHTS
     assert emu.cdn.requests("GET")  # downloaded, since the hub cache copy was wrong
     assert blob.read_bytes() == bytes(bad)  # and theirs was left alone (not ours to fix)
@@ -303,3 +305,128 @@ def test_adoption_can_be_switched_off(
     emu.cdn.log.clear()
     ensure(f"hf://{REPO}/model.safetensors", opts, hf_cache=False)
     assert emu.cdn.requests("GET")
+
+
+# -- single hf:// files published with hf_cache / --hf-cache / MODELFETCH_HF_CACHE -------------
+def blob_names(hub_cache: Path, repo_id: str = REPO) -> list[str]:
+    return sorted(os.listdir(HubCacheRepo(hub_cache, repo_id).folder / "blobs"))
+
+
+READ_FILES = """
+    import json
+    from huggingface_hub import hf_hub_download
+    print(json.dumps({{p: open(hf_hub_download({repo!r}, p, revision={rev!r},
+                                               local_files_only=True), "rb").read().hex()
+                      for p in {paths!r}}}))
+"""
+
+
+def read_offline(hub_cache: Path, paths: list[str], repo: str = REPO, rev: str = "main") -> Any:
+    out = hf_offline(hub_cache, READ_FILES.format(repo=repo, rev=rev, paths=paths))
+    return {p: bytes.fromhex(v) for p, v in out.items()}
+
+
+def test_single_files_are_published_as_huggingface_hub_would_have_them(
+    emu: HubEmulator, tmp_path: Path, opts: EnsureOptions
+) -> None:
+    hub = tmp_path / "hub"
+    entries = {p: ensure(f"hf://{REPO}/{p}", opts, hf_cache=hub) for p in FILES}
+    assert read_offline(hub, list(FILES)) == FILES  # the real client, offline
+    # blobs named as huggingface_hub names them from the hub: git blob id or SHA-256
+    theirs = tmp_path / "theirs"
+    hf_download(emu, theirs, list(FILES))
+    assert blob_names(hub) == blob_names(theirs) == sorted(f.hf_blob_name for f in TREE)
+    repo = HubCacheRepo(hub, REPO)
+    commit = emu.resolve(REPO, "main").oid  # type: ignore[union-attr]
+    assert (repo.folder / "refs" / "main").read_bytes() == commit.encode()  # no newline
+    for f in TREE:
+        assert os.stat(repo.blob(f.hf_blob_name)).st_ino == os.stat(entries[f.path].path).st_ino
+    # single files are not a snapshot: no tree listing claims the commit is complete
+    assert not (repo.folder / "trees").exists()
+    assert not (repo.folder / ".modelfetch-tmp").exists()
+    # the new hard links changed the entries' ctime: their stamps were renewed, so the
+    # repeat is a plain hit (no request, no hashing) and publishes nothing again
+    emu.hub.log.clear()
+    cache = Cache(opts.cache_dir)
+    for path in FILES:
+        assert cache.lookup_fast(ModelSource.parse(f"hf://{REPO}/{path}"), None) is not None
+        assert ensure(f"hf://{REPO}/{path}", opts, hf_cache=hub).path == entries[path].path
+    assert emu.hub.log == []
+
+
+def test_a_hit_does_not_move_a_ref_back_but_a_download_moves_it_on(
+    emu: HubEmulator, tmp_path: Path, opts: EnsureOptions
+) -> None:
+    hub = tmp_path / "hub"
+    old = emu.resolve(REPO, "main").oid  # type: ignore[union-attr]
+    ensure(f"hf://{REPO}/config.json", opts, hf_cache=False)  # cached at the old commit
+    new_config = b'{"model_type": "llama", "v": 2}\n'
+    new = emu.push(REPO, {"config.json": new_config})
+    hf_download(emu, hub, ["config.json"])  # huggingface_hub: refs/main -> new
+    ref = HubCacheRepo(hub, REPO).folder / "refs" / "main"
+    assert ref.read_bytes() == new.encode()
+    hit = ensure(f"hf://{REPO}/config.json", opts, hf_cache=hub)  # no request: old commit
+    assert hit.commit == old and hit.path.read_bytes() == CONFIG
+    assert ref.read_bytes() == new.encode()  # not moved back to what we happen to have
+    assert read_offline(hub, ["config.json"]) == {"config.json": new_config}
+    assert read_offline(hub, ["config.json"], rev=old) == {"config.json": CONFIG}
+    emu.move_branch(REPO, "main", old)  # the hub says main is old again: a download says so
+    fresh = ensure(f"hf://{REPO}/tokenizer/tokenizer.json", opts, hf_cache=hub)
+    assert fresh.commit == old and ref.read_bytes() == old.encode()
+
+
+SPLIT_REPO = "TheOrg/Split-GGUF"
+SHARD_FILES = {
+    f"Q4_K_M/split-Q4_K_M-0000{i}-of-00002.gguf": random_bytes(3000 + i, seed=40 + i)
+    for i in (1, 2)
+}
+
+
+def modelfetch_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelfetch", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_cli_publishes_a_split_set_chosen_by_tag_also_on_a_later_hit(
+    emu: HubEmulator, tmp_path: Path
+) -> None:
+    emu.create_repo(SPLIT_REPO, SHARD_FILES)
+    root = ["--cache-dir", str(tmp_path / "cache")]
+    hub = tmp_path / "hub"
+    modelfetch_cli([*root, "get", f"hf://{SPLIT_REPO}:Q4_K_M", "-q"], {})
+    assert not hub.exists()  # not asked to publish
+    # a plain hit (the launcher's fast path) with MODELFETCH_HF_CACHE must still publish
+    modelfetch_cli([*root, "get", f"hf://{SPLIT_REPO}:Q4_K_M", "-q"],
+                   {"MODELFETCH_HF_CACHE": str(hub)})  # fmt: skip
+    assert read_offline(hub, list(SHARD_FILES), repo=SPLIT_REPO) == SHARD_FILES
+    assert blob_names(hub, SPLIT_REPO) == sorted(
+        hashlib.sha256(d).hexdigest() for d in SHARD_FILES.values()
+    )
+    other = tmp_path / "hub2"
+    first = next(iter(SHARD_FILES))
+    modelfetch_cli([*root, "get", f"hf://{SPLIT_REPO}/{first}", f"--hf-cache={other}", "-q"], {})
+    assert read_offline(other, list(SHARD_FILES), repo=SPLIT_REPO) == SHARD_FILES
+    assert not (HubCacheRepo(other, SPLIT_REPO).folder / "trees").exists()
+
+
+def test_a_file_whose_commit_is_unknown_is_not_published_but_warned_about(
+    server: FaultServer, tmp_path: Path, opts: EnsureOptions
+) -> None:
+    """An upstream that names no commit (no X-Repo-Commit): there is no snapshots/<commit>
+    to put the file in, and a made-up one would mislead huggingface_hub."""
+    server.add(f"/{REPO}/resolve/main/config.json", Resource(CONFIG))
+    hub = tmp_path / "hub"
+    events: list[ProgressEvent] = []
+    entry = ensure(f"hf://{REPO}/config.json", opts, hf_endpoint=server.url(""),
+                   hf_cache=hub, progress=events.append)  # fmt: skip
+    assert entry.path.read_bytes() == CONFIG and entry.commit is None
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert len(warnings) == 1 and "commit" in warnings[0] and "not published" in warnings[0]
+    assert not HubCacheRepo(hub, REPO).folder.exists()

@@ -20,6 +20,7 @@ import pytest
 from devtools.genmodel import random_bytes
 from devtools.hub_emulator import HubEmulator, LoggedRequest
 from modelfetch import (
+    Cache,
     CancelledError,
     CancelToken,
     DownloadError,
@@ -299,6 +300,35 @@ def test_a_git_file_resumed_after_a_dropped_connection_is_checked_whole(
     gets = hub.hub.requests("GET", "/api/resolve-cache/")
     assert [r.status for r in gets] == [200, 206]
     assert gets[1].header("If-Range") == entry.etag  # the blob id validates the resume
+
+
+def test_a_git_files_blob_id_is_recorded_verified_and_dropped_with_its_content(
+    hub: HubEmulator, hub_opts: EnsureOptions, cache_dir: Path
+) -> None:
+    """The sidecar records the git blob id the bytes were checked against (the mirror's
+    ETag, the hub cache's blob name); ``verify`` checks it; other content loses it."""
+    small, weights = random_bytes(3000, seed=92), random_bytes(5000, seed=93)
+    hub.create_repo(REPO, {GIT_FILE: small, NAME: weights}, lfs=[NAME])
+    sha1 = hashlib.sha1(b"blob %d\x00" % len(small) + small).hexdigest()
+    entry = ensure(f"hf://{REPO}/{GIT_FILE}", hub_opts)
+    assert entry.git_sha1 == sha1
+    assert json.loads((entry.directory / "metadata.json").read_text())["git_sha1"] == sha1
+    assert ensure(SOURCE, hub_opts).git_sha1 is None  # an LFS file is named by its SHA-256
+    assert [r.ok for r in Cache(cache_dir).verify(entry.directory.name)] == [True]
+    meta_path = entry.directory / "metadata.json"
+    doc = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**doc, "git_sha1": "0" * 40}))  # well-formed, wrong
+    (bad,) = Cache(cache_dir).verify(entry.directory.name)
+    assert not bad.ok and "git blob id" in bad.detail and not entry.path.exists()
+    entry = ensure(f"hf://{REPO}/{GIT_FILE}", hub_opts)
+    other = small[::-1]  # same size, other content, pinned by its SHA-256
+    entry.path.write_bytes(other)
+    pinned = ensure(
+        f"hf://{REPO}/{GIT_FILE}", hub_opts, policy="cache_only",
+        sha256=hashlib.sha256(other).hexdigest(),
+    )  # fmt: skip
+    assert pinned.path.read_bytes() == other and pinned.git_sha1 is None
+    assert json.loads(meta_path.read_text())["git_sha1"] is None
 
 
 # -- validators ------------------------------------------------------------------------------------

@@ -63,6 +63,9 @@ FIELD_ATTACKS: dict[str, tuple[str, object]] = {
     "kind-odd": ("source_kind", "ftp"),
     "stamp-odd": ("stamp", [1, 2]),
     "time-odd": ("created_at", "yesterday"),
+    "git-sha1-upper": ("git_sha1", "A" * 40),
+    "git-sha1-sha256": ("git_sha1", "a" * 64),
+    "git-sha1-number": ("git_sha1", 5),
 }
 
 

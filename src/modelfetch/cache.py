@@ -41,6 +41,7 @@ from .errors import (
 )
 from .fsutil import (
     clear_squatter,
+    content_digests,
     fsync_dir,
     is_directory,
     lstat_regular,
@@ -93,6 +94,9 @@ class CacheEntry:
     transient: bool
     last_used: float = field(compare=False)
     commit: str | None = None
+    # A git-stored Hugging Face file's git blob id, verified against its content (None for
+    # LFS files and other sources): its ETag on the hub, its blob name in the hub cache.
+    git_sha1: str | None = None
     # For a split GGUF: its first shard inside a directory that holds every shard (as
     # links), which is the path llama.cpp and friends need. None for a single file.
     set_path: Path | None = field(default=None, compare=False)
@@ -118,6 +122,7 @@ class CacheEntry:
             transient=meta.transient,
             last_used=last_used,
             commit=meta.commit,
+            git_sha1=meta.git_sha1,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -135,6 +140,7 @@ class CacheEntry:
             "transient": self.transient,
             "last_used": self.last_used,
             "commit": self.commit,
+            "git_sha1": self.git_sha1,
             "set_path": str(self.set_path) if self.set_path else None,
             "via": self.via,
         }
@@ -317,8 +323,11 @@ class Cache:
                 self._discard(directory, file_path)
             return None
         # The sidecar records what the file hashed to: a stored SHA-256 that disagrees with
-        # the pin is never returned, it is corrected (the file matched the pin).
-        meta = replace(meta or _fresh_metadata(source, size, digest), sha256=digest, bytes=size)
+        # the pin is never returned, it is corrected (the file matched the pin). A git blob
+        # id recorded for other content no longer describes the file.
+        meta = meta or _fresh_metadata(source, size, digest)
+        git_sha1 = meta.git_sha1 if meta.sha256 == digest else None
+        meta = replace(meta, sha256=digest, bytes=size, git_sha1=git_sha1)
         if not repair:
             return CacheEntry.from_metadata(directory, meta, st_dir.st_mtime)
         meta = self._restamp(directory, file_path, meta)
@@ -391,6 +400,26 @@ class Cache:
             pass
         return meta
 
+    def restamp_linked(self, entry: CacheEntry) -> None:
+        """A new hard link to the entry's file (the Hugging Face cache's blob, another
+        commit's entry) changes its ctime, which is part of the stamp that lets a hit skip
+        re-hashing: record the new stamp if nothing else about the file changed."""
+        with self.lock(entry.directory).hold():
+            try:
+                meta = read_metadata(entry.directory)
+                st = os.lstat(entry.path)
+            except (MetadataError, OSError):
+                return
+            old = meta.stamp
+            if old is None or (old.size, old.mtime_ns, old.ino) != (
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+            ):
+                return
+            if old != FileStamp.of(st):
+                write_metadata(entry.directory, meta.with_stamp(FileStamp.of(st)))
+
     # -- writing ------------------------------------------------------------------------
     def promote(
         self,
@@ -403,8 +432,10 @@ class Cache:
         last_modified: str | None,
         transient: bool = False,
         commit: str | None = None,
+        git_sha1: str | None = None,
     ) -> CacheEntry:
-        """Move a finished, verified part into place and write its sidecar."""
+        """Move a finished, verified part into place and write its sidecar (``git_sha1``
+        only when the content was checked against it)."""
         # resume pulls in the transfer engine (and urllib3): import it on the write path only
         from .resume import part_paths
 
@@ -425,6 +456,7 @@ class Cache:
             transient=transient,
             stamp=stamp,
             commit=commit,
+            git_sha1=git_sha1,
         )
         try:
             meta = write_metadata(directory, meta)
@@ -685,9 +717,24 @@ class Cache:
         if st.st_size != meta.bytes:
             return "size mismatch: corrupt file removed"
         try:
-            digest, size, _ = sha256_file(file_path)
+            digest, size, git_sha1 = self._digests(file_path, meta)
         except OSError as exc:
             return f"unreadable ({exc.strerror or exc}): removed"
         if size != meta.bytes or digest != meta.sha256:
             return "size or SHA-256 mismatch: corrupt file removed"
+        if git_sha1 != meta.git_sha1:
+            return "git blob id mismatch: file and sidecar removed"
         return None
+
+    @staticmethod
+    def _digests(file_path: Path, meta: EntryMetadata) -> tuple[str, int, str | None]:
+        """SHA-256, size and, when the sidecar names one, the git blob id (same pass)."""
+        if meta.git_sha1 is None:
+            digest, size, _ = sha256_file(file_path)
+            return digest, size, None
+        fd = os.open(file_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            digest, git_sha1, size = content_digests(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return digest, size, git_sha1

@@ -326,8 +326,9 @@ def main(ctx: click.Context, cache_dir: str | None) -> None:
     flag_value=_DEFAULT_HF_CACHE,
     default=None,
     metavar="[=PATH]",
-    help="Also publish a repository into the Hugging Face cache: where huggingface_hub looks "
-    "(HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub), or PATH. Env MODELFETCH_HF_CACHE.",
+    help="Also publish the hf:// file(s) or repository into the Hugging Face cache: where "
+    "huggingface_hub looks (HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub), or PATH. "
+    "Env MODELFETCH_HF_CACHE.",
 )
 @click.option(
     "-j",

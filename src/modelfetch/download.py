@@ -89,6 +89,7 @@ class FetchResult:
     last_modified: str | None
     not_modified: bool = False
     commit: str | None = None  # the hub commit a Hugging Face revision resolved to
+    git_sha1: str | None = None  # a git-stored hub file's blob id, checked against the bytes
 
     @classmethod
     def unchanged(cls, entry: CacheEntry, commit: str | None = None) -> FetchResult:

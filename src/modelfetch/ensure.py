@@ -19,6 +19,7 @@ from .cache import Cache, CacheEntry
 from .cancel import CancelToken
 from .errors import (
     CacheMissError,
+    CacheStorageError,
     DownloadError,
     IntegrityError,
     InvalidSourceError,
@@ -150,7 +151,10 @@ def _fetch_from_hub(
         raise IntegrityError(
             f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
         )
-    return replace(result, commit=info.commit)
+    if result.not_modified:  # nothing was downloaded, so nothing new was verified
+        return replace(result, commit=info.commit)
+    # The downloader checked the bytes against git_sha1 (or failed): it may be recorded.
+    return replace(result, commit=info.commit, git_sha1=git_sha1)
 
 
 def adopt_from_hub_cache(
@@ -195,7 +199,9 @@ def adopt_from_hub_cache(
         return None
     how = "linked" if adopted.linked else "copied"
     emitter.emit("adopted", adopted.size, adopted.size, f"{how} from {repo.blob(name)}")
-    return FetchResult(adopted.sha256, adopted.size, None, None, commit=commit)
+    # The content hashed to its name: a 40-hex name is its git blob id, verified.
+    git_sha1 = name if len(name) == 40 else None
+    return FetchResult(adopted.sha256, adopted.size, None, None, commit=commit, git_sha1=git_sha1)
 
 
 def ensure(
@@ -207,7 +213,9 @@ def ensure(
 
     Keyword overrides are EnsureOptions fields, e.g. ``ensure(url, sha256=..., policy="refresh")``.
     A shard of a split GGUF brings all its shards; the entry's ``set_path`` is the first
-    shard in a directory that holds them all.
+    shard in a directory that holds them all. With ``hf_cache`` (or MODELFETCH_HF_CACHE)
+    asking to publish, an ``hf://`` file (each shard of a set) is also published into the
+    Hugging Face cache.
     """
     opts = _options(options, overrides)
     src = ModelSource.coerce(source)
@@ -217,10 +225,86 @@ def ensure(
         offline = offline_for(src) or opts.policy is CachePolicy.CACHE_ONLY
         src = _resolve_tag(src, opts, cache, offline, pins)
     group = _shard_group(src, opts)
-    if not group:
-        return _ensure_one(src, opts, cache, pins)
-    entries = [_ensure_one(shard, opts, cache, pins) for shard in group]
-    return _with_set(cache, src, group, entries)
+    sources = group or [src]
+    entries = [_ensure_one(one, opts, cache, pins) for one in sources]
+    if src.kind == "hf" and _publish_wanted(opts):
+        for one, entry in zip(sources, entries, strict=True):
+            _publish_file(cache, one, entry, opts, pins)
+    return _with_set(cache, src, group, entries) if group else entries[0]
+
+
+def ensure_file(src: ModelSource, opts: EnsureOptions) -> CacheEntry:
+    """One file as ``ensure`` gets it, without gathering a split set or publishing into the
+    Hugging Face cache: ``snapshot`` publishes a commit's files together, once all are in."""
+    return _ensure_one(src, opts, Cache(opts.cache_dir))
+
+
+def _publish_wanted(opts: EnsureOptions) -> bool:
+    if opts.hf_cache is None and not os.environ.get("MODELFETCH_HF_CACHE", "").strip():
+        return False  # the usual case, decided without loading hfcache
+    from .hfcache import hub_cache_setting
+
+    return hub_cache_setting(opts.hf_cache).publish
+
+
+def _hub_file(src: ModelSource, entry: CacheEntry) -> tuple[str, str] | None:
+    """(commit, blob name) of an hf:// entry in the Hugging Face cache: the blob is named as
+    the hub's ETag names the file (git blob id or SHA-256). None: the commit is unknown."""
+    assert src.revision is not None
+    commit = entry.commit or (src.revision if _COMMIT.match(src.revision) else None)
+    return None if commit is None else (commit, entry.git_sha1 or entry.sha256)
+
+
+def _published(sources: list[ModelSource], entries: list[CacheEntry], opts: EnsureOptions) -> bool:
+    """Every one of these hits is in the Hugging Face cache already (a hit asks no hub, so
+    an existing ref is left as it is)."""
+    from .hfcache import HubCacheRepo, hub_cache_setting
+
+    root = hub_cache_setting(opts.hf_cache).root
+    for src, entry in zip(sources, entries, strict=True):
+        found = _hub_file(src, entry)
+        if root is None or found is None or not src.repo_id or not src.hf_path:
+            return False
+        commit, name = found
+        repo = HubCacheRepo(root, src.repo_id)
+        assert src.revision is not None
+        if not repo.holds(commit, src.revision, src.hf_path, name, entry.path, move_ref=False):
+            return False
+    return True
+
+
+def _publish_file(
+    cache: Cache, src: ModelSource, entry: CacheEntry, opts: EnsureOptions, pins: Pins
+) -> None:
+    """Publish one verified hf:// file: blob, ``snapshots/<commit>/<path>`` link and
+    ``refs/<revision>``, but no ``trees/<commit>.json``: a listing claims the whole commit,
+    and huggingface_hub would then take this one file's snapshot for a complete one."""
+    from .hfcache import HubCacheRepo, hub_cache_setting
+
+    root = hub_cache_setting(opts.hf_cache).root
+    assert root is not None and src.repo_id and src.revision and src.hf_path
+    found = _hub_file(src, entry)
+    if found is None:
+        ProgressEmitter(opts.progress, src.display).emit(
+            "warning",
+            message="not published into the Hugging Face cache: the hub's commit of this "
+            "cached file is unknown (a refresh asks the hub for it)",
+        )
+        return
+    commit, name = found
+    # Only a commit the hub named during this call may move an existing ref: one remembered
+    # from an earlier download could be older than what the ref names now.
+    move_ref = pins.get((src.repo_id, src.revision)) == commit
+    repo = HubCacheRepo(root, src.repo_id)
+    if repo.holds(commit, src.revision, src.hf_path, name, entry.path, move_ref=move_ref):
+        return  # already there: a repeated hit costs a few lstat calls
+    repo.publish_named(
+        commit, src.revision, None, [(src.hf_path, name, entry.path)], move_ref=move_ref
+    )
+    try:
+        cache.restamp_linked(entry)
+    except CacheStorageError:
+        pass  # a read-only root: the next hit re-hashes once, nothing is wrong
 
 
 def quick_hit(
@@ -247,6 +331,8 @@ def quick_hit(
     entries = [hit for hit in hits if hit is not None]
     if len(entries) != len(hits):
         return None
+    if src.kind == "hf" and _publish_wanted(opts) and not _published(group or [src], entries, opts):
+        return None  # ensure publishes it
     for entry, shard in zip(entries, group or [src], strict=True):
         ProgressEmitter(opts.progress, shard.display).emit("cache_hit", entry.bytes, entry.bytes)
     return _with_set(cache, src, group, entries) if group else entries[0]
@@ -412,6 +498,7 @@ def _promote(
         last_modified=result.last_modified,
         transient=transient,
         commit=result.commit,
+        git_sha1=result.git_sha1,
     )
 
 

@@ -14,7 +14,8 @@ Layout (hub-docs ``local-cache.md``; huggingface_hub ``file_download.py``,
                                         snapshot_download uses it to detect a partial snapshot
 
 Publishing is ordered so that no crash leaves anything a reader could take for complete:
-the tree listing first (a partial snapshot is then detectably partial), then the blobs
+the tree listing first (a partial snapshot is then detectably partial; single ``hf://``
+files publish none, as ``hf_hub_download`` writes none), then the blobs
 (hard links to modelfetch's entry files, so no second copy on disk; copies across
 filesystems), then the snapshot links (a new snapshot directory is built under
 ``.modelfetch-tmp/`` and renamed into place; links added to an existing one are each made
@@ -244,6 +245,23 @@ class HubCacheRepo:
             os.close(fd)
         return got == hashed.st_size and name in (digest, sha1) and digest == sha256
 
+    def holds(
+        self, commit: str, revision: str, path: str, name: str, local: Path, *, move_ref: bool
+    ) -> bool:
+        """Whether ``publish_named`` has nothing to do for this one file: the snapshot link
+        names blob ``name``, which is ``local``'s inode, and ``refs/<revision>`` names
+        ``commit`` (or, without ``move_ref``, exists). Read-only and cheap (no hashing)."""
+        if self.pointer_blob(commit, path) != name:
+            return False
+        ref = self.read_ref(revision)
+        if ref is None or (move_ref and ref != commit):
+            return False
+        try:
+            blob, mine = os.lstat(self.blob(name)), os.lstat(local)
+        except OSError:
+            return False
+        return (blob.st_ino, blob.st_dev) == (mine.st_ino, mine.st_dev)
+
     # -- publishing ----------------------------------------------------------------------------
     def publish(
         self,
@@ -255,8 +273,26 @@ class HubCacheRepo:
         """Make ``snapshots/<commit>`` hold ``files`` (each a repo file and the verified
         local file with its content); write ``trees/<commit>.json`` from ``tree`` and point
         ``refs/<revision>`` at ``commit``. Returns the snapshot directory."""
+        named = [(f.path, f.hf_blob_name, local) for f, local in files]
+        return self.publish_named(commit, revision, tree, named)
+
+    def publish_named(
+        self,
+        commit: str,
+        revision: str,
+        tree: Sequence[RepoFile] | None,
+        files: Iterable[tuple[str, str, Path]],
+        *,
+        move_ref: bool = True,
+    ) -> Path:
+        """``publish`` for files given as (repo path, blob name, verified local file).
+
+        ``tree`` None writes no tree listing (a listing claims what the commit holds, so
+        only a complete one may be written). ``move_ref`` False only creates a missing
+        ``refs/<revision>``: a commit remembered from an earlier download must not move
+        back a ref someone has since pointed at a newer commit."""
         try:
-            return self._publish(commit, revision, tree, list(files))
+            return self._publish(commit, revision, tree, list(files), move_ref)
         except OSError as exc:
             raise CorruptCacheError(
                 f"could not publish {self.repo_id} into the Hugging Face cache at "
@@ -268,7 +304,8 @@ class HubCacheRepo:
         commit: str,
         revision: str,
         tree: Sequence[RepoFile] | None,
-        files: list[tuple[RepoFile, Path]],
+        files: list[tuple[str, str, Path]],
+        move_ref: bool,
     ) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in (self.folder, *(self.folder / d for d in ("blobs", "snapshots", "refs"))):
@@ -276,14 +313,14 @@ class HubCacheRepo:
         if tree is not None:
             self._require_dir(self.folder / "trees")
             write_tree_file(self.tree(commit), tree)
-        for repo_file, local in files:
-            self._place_blob(repo_file.hf_blob_name, local)
+        for _, name, local in files:
+            self._place_blob(name, local)
         fsync_dir(self.folder / "blobs")
-        links = [(f.path, f.hf_blob_name) for f, _ in files]
+        links = [(path, name) for path, name, _ in files]
         snap = self.snapshot(commit)
         if os.path.lexists(snap) or not self._new_snapshot(commit, links):
             self._add_links(snap, links)
-        if revision != commit:
+        if revision != commit and (move_ref or self.read_ref(revision) is None):
             self._write_ref(revision, commit)
         return snap
 

@@ -24,6 +24,10 @@ Schema version 1 (all keys required unless marked optional)::
                     hashed; a hit whose stat matches it skips re-hashing
     commit          optional 40-hex commit a Hugging Face revision resolved to (added in
                     0.1 without a version bump: readers of version 1 ignore unknown keys)
+    git_sha1        optional 40-hex git blob id of a git-stored (non-LFS) Hugging Face file,
+                    recorded only when the content was verified against it (added without
+                    a version bump, as ``commit`` was); the mirror answers with it as the
+                    file's ETag, and the Hugging Face cache names the file's blob after it
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ class EntryMetadata:
     transient: bool = False
     stamp: FileStamp | None = None
     commit: str | None = None
+    git_sha1: str | None = None
 
     def to_json(self) -> builtins.bytes:
         body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -132,11 +137,11 @@ def _stamp(value: Any) -> FileStamp | None:
     )
 
 
-def _commit(value: Any) -> str | None:
+def _hex40(value: Any, key: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not _COMMIT.match(value):
-        raise MetadataError("field 'commit' must be 40 lowercase hex characters")
+        raise MetadataError(f"field {key!r} must be 40 lowercase hex characters")
     return value
 
 
@@ -199,7 +204,8 @@ def parse_metadata(data: bytes) -> EntryMetadata:
         last_modified=_text(doc, "last_modified", optional=True),
         transient=transient,
         stamp=_stamp(doc.get("stamp")),
-        commit=_commit(doc.get("commit")),
+        commit=_hex40(doc.get("commit"), "commit"),
+        git_sha1=_hex40(doc.get("git_sha1"), "git_sha1"),
     )
 
 

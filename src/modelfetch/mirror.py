@@ -5,8 +5,11 @@ Routes:
 * ``GET|HEAD /{owner}/{repo}/resolve/{revision}/{path}``: the Hugging Face resolve route,
   so ``HF_ENDPOINT=http://mirror:port`` works for huggingface_hub, llama.cpp and friends.
   A miss is pulled through from the upstream hub (one download, however many clients ask
-  at once), verified against the hub's SHA-256, and then served. Answers carry
-  ``ETag``/``X-Linked-Etag`` (the SHA-256), ``X-Linked-Size`` and ``X-Repo-Commit``.
+  at once), verified against the hub's SHA-256 (or git blob id), and then served. As on
+  the hub, an LFS file's answer carries ``ETag``/``X-Linked-Etag`` (its SHA-256) and
+  ``X-Linked-Size``, a git-stored file's carries ``ETag: "<git blob id>"`` and no
+  ``X-Linked-*``; both carry ``X-Repo-Commit``. Clients name their cached copy after that
+  ETag (huggingface_hub's ``blobs/``), so it must be the hub's.
 * ``GET /api/models/{repo}[/revision/{rev}]`` and ``/api/models/{repo}/tree/{rev}[/{path}]``
   (paginated with ``Link``): what ``snapshot_download`` and ``hf download`` ask before the
   files, pulled through and kept per commit, with Xet stripped (mirror_api.py).
@@ -494,15 +497,20 @@ class MirrorServer:
         return Reply(answer.status, answer.headers, answer.body)
 
     def _entry_reply(self, request: Request, entry: CacheEntry, source: ModelSource) -> Reply:
-        commit = self._remember(source, entry)
-        extra = {
-            "X-Repo-Commit": commit,
-            "X-Linked-Etag": f'"{entry.sha256}"',
-            "X-Linked-Size": str(entry.bytes),
-        }
+        extra = {"X-Repo-Commit": self._remember(source, entry)}
+        if entry.git_sha1 is not None:
+            # A git-stored file, answered as the hub's /api/resolve-cache/ does.
+            return self._file_reply(request, entry, extra, f'"{entry.git_sha1}"')
+        # An LFS file (or one cached without a verified git blob id, answered as before).
+        extra["X-Linked-Etag"] = f'"{entry.sha256}"'
+        extra["X-Linked-Size"] = str(entry.bytes)
         return self._file_reply(request, entry, extra)
 
-    def _file_reply(self, request: Request, entry: CacheEntry, extra: dict[str, str]) -> Reply:
+    def _file_reply(
+        self, request: Request, entry: CacheEntry, extra: dict[str, str], etag: str | None = None
+    ) -> Reply:
+        """The entry's bytes; ``etag`` (default: the SHA-256) is what ``If-None-Match`` and
+        ``If-Range`` are compared with."""
         try:
             fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
@@ -513,7 +521,7 @@ class MirrorServer:
             if not stat.S_ISREG(st.st_mode) or st.st_size != entry.bytes:
                 fh.close()
                 return text_reply(500, "entry failed its size check\n")
-            etag = f'"{entry.sha256}"'
+            etag = etag or f'"{entry.sha256}"'
             if request.headers.get("if-none-match") in (etag, "*"):
                 fh.close()
                 return Reply(304, {"ETag": etag, **extra})

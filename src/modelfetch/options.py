@@ -68,7 +68,7 @@ class EnsureOptions:
     shards: bool = True  # a shard of a split GGUF (x-00001-of-00003.gguf) brings them all
     # The Hugging Face hub cache: None reads MODELFETCH_HF_CACHE (unset: adopt verified
     # files from the default hub cache, publish nothing); False: leave it alone; True or a
-    # path: also publish whole-repository snapshots into it (hfcache.py).
+    # path: also publish hf:// files and whole-repository snapshots into it (hfcache.py).
     hf_cache: bool | str | os.PathLike[str] | None = None
     # Expected git blob id of a git-stored hub file: checked (with its size) before the
     # file enters the cache, as a pinned sha256 is.

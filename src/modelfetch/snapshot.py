@@ -34,7 +34,7 @@ from typing import Any
 from .budget import ConnectionBudget
 from .cache import Cache, CacheEntry, VerifyResult
 from .cancel import CancelToken
-from .ensure import credentials_for, ensure, offline_for
+from .ensure import credentials_for, ensure_file, offline_for
 from .errors import (
     CacheMissError,
     CacheStorageError,
@@ -62,7 +62,7 @@ from .hubtree import (
     write_tree_file,
 )
 from .layout import REFS, TREES, Layout
-from .metadata import FileStamp, MetadataError, read_metadata, write_metadata
+from .metadata import FileStamp, MetadataError, read_metadata
 from .options import CachePolicy, EnsureOptions
 from .progress import ProgressCallback, ProgressEmitter, ProgressEvent
 from .shards import SHARD
@@ -408,7 +408,7 @@ def _reuse(
             src, directory, sha256=sha, size=f.size, etag=None, last_modified=None, commit=commit
         )
     if linked:
-        _restamp(cache, donor)
+        cache.restamp_linked(donor)
     if o.progress is not None:
         o.progress(ProgressEvent("adopted", src.display, f.size, f.size, "same content"))
         o.progress(ProgressEvent("done", src.display, f.size, f.size))
@@ -426,7 +426,7 @@ def _fetch_all(
 
     def fetch_one(f: RepoFile, o: EnsureOptions) -> CacheEntry:
         src = ref.file(f.path, commit)
-        return _reuse(cache, src, f, commit, donors, o) or ensure(src, o)
+        return _reuse(cache, src, f, commit, donors, o) or ensure_file(src, o)
 
     token = opts.cancel or CancelToken()
     workers = min(opts.parallel_files, max(1, len(files)))
@@ -529,26 +529,6 @@ def check_sets(
 
 
 # -- publishing --------------------------------------------------------------------------------
-def _restamp(cache: Cache, entry: CacheEntry) -> None:
-    """A new hard link changes the file's ctime, which is part of the stamp that lets a hit
-    skip re-hashing: record the new stamp if nothing else about the file changed."""
-    with cache.lock(entry.directory).hold():
-        try:
-            meta = read_metadata(entry.directory)
-            st = os.lstat(entry.path)
-        except (MetadataError, OSError):
-            return
-        old = meta.stamp
-        if old is None or (old.size, old.mtime_ns, old.ino) != (
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ino,
-        ):
-            return
-        if old != FileStamp.of(st):
-            write_metadata(entry.directory, meta.with_stamp(FileStamp.of(st)))
-
-
 def _publish_hub_cache(
     hub_repo: HubCacheRepo,
     cache: Cache,
@@ -560,7 +540,7 @@ def _publish_hub_cache(
 ) -> Path:
     path = hub_repo.publish(commit, ref.revision, tree, [(f, entries[f.path].path) for f in chosen])
     for f in chosen:
-        _restamp(cache, entries[f.path])
+        cache.restamp_linked(entries[f.path])
     return path
 
 
