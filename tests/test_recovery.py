@@ -13,7 +13,7 @@ import pytest
 import modelfetch.cache as cache_mod
 from devtools.fault_server import FaultServer, Resource
 from modelfetch import CacheMissError, EnsureOptions, ModelSource, ensure
-from modelfetch.metadata import MetadataError, parse_metadata
+from modelfetch.core.sidecar import MetadataError, parse_metadata
 
 from .conftest import sha256_of
 

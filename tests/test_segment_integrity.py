@@ -16,7 +16,8 @@ import modelfetch.transfer as transfer_mod
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from modelfetch import DownloadError, EnsureOptions, ModelSource, ProgressEvent, ensure
-from modelfetch.resume import PartState, part_paths, save_part_state
+from modelfetch.core.resume import PartState
+from modelfetch.partfile import part_paths, save_part_state
 
 from .conftest import sha256_of
 

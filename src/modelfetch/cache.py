@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .core.sidecar import METADATA_NAME, EntryMetadata, FileStamp, MetadataError
 from .errors import (
     CacheStorageError,
     CorruptCacheError,
@@ -50,16 +51,10 @@ from .fsutil import (
 )
 from .layout import ENTRIES, LOCKS, TRANSIENT, Layout
 from .lock import EntryLock
-from .metadata import (
-    METADATA_NAME,
-    EntryMetadata,
-    FileStamp,
-    MetadataError,
-    read_metadata,
-    utc_now,
-    write_metadata,
-)
+from .options import env_cache_dir
+from .partfile import PART_STATE_SUFFIX, PART_SUFFIX, part_paths
 from .shards import prune_sets
+from .sidecar_file import read_metadata, utc_now, write_metadata
 from .snapdir import prune_snapshots
 from .source import ModelSource
 
@@ -68,7 +63,7 @@ _TRANSIENT_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,64}-([0-9a-f]{12})-[0-9a-f]{8}
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("MODELFETCH_CACHE_DIR")
+    env = env_cache_dir()
     if env:
         return Path(env).expanduser()
     import platformdirs  # only when no cache dir is configured
@@ -220,8 +215,6 @@ class Cache:
         """Create ``directory`` for a download of ``file_name``, and clear every name the
         download will write of anything that is not a regular file (a directory, a FIFO, a
         link: removed, never followed). Call it under the entry's lock, after prepare()."""
-        from .resume import part_paths  # the write path only (it imports the transfer engine)
-
         with self._writing(directory):
             if not is_directory(directory):
                 remove_any(directory)  # a link or file squatting on the entry's name
@@ -394,7 +387,7 @@ class Cache:
         hit must not fail because a full or read-only disk refuses the sidecar; the next
         hit simply hashes again."""
         try:
-            meta = meta.with_stamp(FileStamp.of(os.lstat(file_path)))
+            meta = meta.with_stamp(FileStamp.of(os.lstat(file_path)), utc_now())
             meta = write_metadata(directory, meta)
         except (OSError, CacheStorageError):
             pass
@@ -418,7 +411,7 @@ class Cache:
             ):
                 return
             if old != FileStamp.of(st):
-                write_metadata(entry.directory, meta.with_stamp(FileStamp.of(st)))
+                write_metadata(entry.directory, meta.with_stamp(FileStamp.of(st), utc_now()))
 
     # -- writing ------------------------------------------------------------------------
     def promote(
@@ -436,9 +429,6 @@ class Cache:
     ) -> CacheEntry:
         """Move a finished, verified part into place and write its sidecar (``git_sha1``
         only when the content was checked against it)."""
-        # resume pulls in the transfer engine (and urllib3): import it on the write path only
-        from .resume import part_paths
-
         part, part_state = part_paths(directory, source.file_name)
         final = directory / source.file_name
         st = lstat_regular(part)
@@ -481,7 +471,7 @@ class Cache:
             meta = read_metadata(entry.directory)
         except MetadataError:
             return entry  # the sidecar could not be rebuilt (full disk): nothing to bump
-        meta = meta.with_stamp(meta.stamp)
+        meta = meta.with_stamp(meta.stamp, utc_now())
         if commit is not None:
             meta = replace(meta, commit=commit)
         try:
@@ -541,8 +531,6 @@ class Cache:
 
     @staticmethod
     def _has_content(directory: Path) -> bool:
-        from .resume import PART_STATE_SUFFIX, PART_SUFFIX
-
         try:
             names = os.listdir(directory)
         except OSError:
@@ -650,8 +638,6 @@ class Cache:
         return False
 
     def _prune_parts(self, directory: Path, dry_run: bool) -> int:
-        from .resume import PART_STATE_SUFFIX, PART_SUFFIX
-
         try:
             names = [
                 n for n in os.listdir(directory) if n.endswith((PART_SUFFIX, PART_STATE_SUFFIX))

@@ -32,53 +32,43 @@ from typing import TypeVar
 
 from .cache import CacheEntry
 from .cancel import CancelToken
-from .errors import DownloadError, IntegrityError, storage_error
-from .fsutil import lstat_regular, unlink_quiet
-from .http_client import Response, RetryableError, open_url, origin_of, parse_retry_after
-from .options import EnsureOptions
-from .progress import ProgressEmitter
-from .redact import redact_url
-from .resume import (
+from .core.httpwire import REDIRECTS, origin_of, parse_retry_after, status_error
+from .core.resume import (
     PartState,
     ResumePlan,
-    discard_part,
     judge_response,
-    load_part_state,
-    part_paths,
     partial_mismatch,
     plan_resume,
-    save_part_state,
     validators_changed,
 )
-from .transfer import (
-    MIN_SPLIT,
-    SPLIT_ALIGN,
-    LowSpeed,
-    RangeUnsupported,
-    Segment,
-    Transfer,
-    contiguous_frontier,
+from .core.retry import (
+    GiveUp,
+    Restart,
+    RestartError,
+    Retry,
+    RetryableError,
+    RetryCount,
+    RetryPolicy,
+    Wait,
+    decide,
 )
+from .core.segments import MIN_SPLIT, Segment, contiguous_frontier, split_segments
+from .errors import DownloadError, IntegrityError, storage_error
+from .fsutil import lstat_regular, unlink_quiet
+from .http_client import Response, open_url
+from .options import EnsureOptions
+from .partfile import discard_part, load_part_state, part_paths, part_size, save_part_state
+from .progress import ProgressEmitter
+from .redact import redact_url
+from .transfer import LowSpeed, RangeUnsupported, Transfer
 
-MAX_RESTARTS = 3
-# Attempts that moved bytes forward do not use up max_retries (a flaky link that keeps
-# delivering should finish), but only this many times, so every loop stays bounded.
-MAX_PROGRESS_ATTEMPTS = 50
 PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
 # A redirect target (a presigned CDN URL) answering one of these has most likely expired:
 # go back to the URL we were given for a fresh link. Once per request, and at most this many
 # times per download (Hugging Face's links last an hour: this is days of downloading).
 LINK_REFUSED = frozenset({401, 403, 410})
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_LINK_REFRESHES = 1000
 T = TypeVar("T")
-
-_STATUS_HINTS = {
-    401: "the origin wants credentials: pass a bearer token or headers",
-    403: "access denied: check the token and that it may read this file",
-    404: "not found: check the URL, repo, revision and file name",
-    410: "the file is gone from the origin",
-}
 
 
 @dataclass(frozen=True)
@@ -97,38 +87,6 @@ class FetchResult:
         return cls(entry.sha256, entry.bytes, entry.etag, entry.last_modified, True, commit)
 
 
-class _Restart(Exception):
-    """The partial file cannot be trusted; discard it and start from zero.
-
-    ``single_stream``: the server's partial answers cannot be checked (no validator on a
-    206), so the new start uses one stream.
-    """
-
-    def __init__(self, reason: str, single_stream: bool = False) -> None:
-        super().__init__(reason)
-        self.single_stream = single_stream
-
-
-class _Retry(RetryableError):
-    def __init__(self, message: str, retry_after: float | None = None, progressed: bool = False):
-        super().__init__(message, retry_after)
-        self.progressed = progressed
-
-
-def status_error(status: int, display: str, retry_after: str | None) -> Exception:
-    """The exception for an unwanted status: retryable for 5xx/408/429, final otherwise."""
-    if status == 429 or status == 408 or status >= 500:
-        return _Retry(f"HTTP {status}", parse_retry_after(retry_after))
-    hint = _STATUS_HINTS.get(status, "the origin refused the request")
-    return DownloadError(f"HTTP {status} for {display}: {hint}", status=status)
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Exponential back-off with full jitter (spreads out a herd of retrying clients)."""
-    ceiling = min(cap, base * (2 ** max(0, failures - 1)))
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
-
-
 # Write through O_DIRECT where the filesystem allows it (bench/run.py: on the reference
 # machine buffered writes plus fsync ran at 375 MB/s, direct writes at 1.8 GB/s).
 USE_DIRECT_IO = True
@@ -143,13 +101,6 @@ def open_direct(part: Path) -> int | None:
         return os.open(part, os.O_WRONLY | flag | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None  # tmpfs and some FUSE filesystems refuse O_DIRECT
-
-
-def split_segments(total: int, connections: int) -> list[Segment]:
-    count = max(1, min(connections, total // MIN_SPLIT))
-    size = -(-total // count)
-    size += -size % SPLIT_ALIGN
-    return [Segment(start, min(start + size, total), start) for start in range(0, total, size)]
 
 
 class HttpDownloader:
@@ -190,46 +141,42 @@ class HttpDownloader:
         )
 
     def retrying(self, attempt: Callable[[], T], discard: Callable[[], None]) -> T:
-        """Run ``attempt`` until it succeeds, retrying transient failures with back-off."""
-        failures = progress_attempts = restarts = 0
+        """Run ``attempt`` until it succeeds, retrying transient failures with back-off
+        (core/retry.py decides; this loop sleeps, discards and reports)."""
+        policy = RetryPolicy(self.opts.max_retries, self.opts.retry_backoff, self.opts.max_backoff)
+        count = RetryCount()
         cancel = self.opts.cancel
+        # Bounded: every pass either returns, raises, or uses up one of the policy's budgets.
         while True:
             if cancel is not None:
                 cancel.check()
             try:
                 return attempt()
-            except (_Restart, RangeUnsupported) as exc:
-                if isinstance(exc, RangeUnsupported) or getattr(exc, "single_stream", False):
+            except RangeUnsupported as exc:
+                error: Exception = exc
+                outcome: Restart | Retry = Restart(str(exc), single_stream=True)
+            except (RestartError, RetryableError) as exc:
+                error, outcome = exc, exc.outcome
+            draw = random.random()  # noqa: S311 - jitter, not security
+            count, step = decide(policy, count, outcome, draw)
+            if isinstance(outcome, Restart):
+                if outcome.single_stream:
                     self.single_only = True
-                restarts += 1
                 discard()
-                self.emit.emit("restart", message=str(exc))
-                if restarts > MAX_RESTARTS:
+                self.emit.emit("restart", message=str(error))
+                if isinstance(step, GiveUp):
                     raise DownloadError(
-                        f"gave up on {self.display}: {exc} (restarted {MAX_RESTARTS} times)"
+                        f"gave up on {self.display}: {error} ({step.reason})"
                     ) from None
-            except RetryableError as exc:
-                progressed = bool(getattr(exc, "progressed", False))
-                if (
-                    progressed
-                    and self.opts.max_retries
-                    and progress_attempts < MAX_PROGRESS_ATTEMPTS
-                ):
-                    progress_attempts += 1
-                else:
-                    failures += 1
-                if failures > self.opts.max_retries:
-                    raise DownloadError(
-                        f"download of {self.display} failed after {failures} attempt(s): {exc}"
-                    ) from None
-                delay = backoff_delay(failures or 1, self.opts.retry_backoff, self.opts.max_backoff)
-                if exc.retry_after is not None:
-                    delay = min(max(delay, exc.retry_after), self.opts.max_backoff)
-                self.emit.emit("retry", message=f"{exc}; retrying in {delay:.1f}s")
-                if cancel is not None:
-                    cancel.sleep(delay)
-                else:
-                    time.sleep(delay)
+                continue
+            if isinstance(step, GiveUp):
+                raise DownloadError(f"download of {self.display} {step.reason}: {error}") from None
+            assert isinstance(step, Wait)
+            self.emit.emit("retry", message=f"{error}; retrying in {step.seconds:.1f}s")
+            if cancel is not None:
+                cancel.sleep(step.seconds)
+            else:
+                time.sleep(step.seconds)
 
     # -- one attempt ------------------------------------------------------------------------
     def _attempt(
@@ -241,7 +188,8 @@ class HttpDownloader:
     ) -> FetchResult:
         part, state_path = part_paths(entry_dir, file_name)
         expected = self.opts.sha256
-        plan = plan_resume(part, load_part_state(state_path, cache_key), expected, self.opts.resume)
+        state = load_part_state(state_path, cache_key)
+        plan = plan_resume(part_size(part), state, expected, self.opts.resume)
         state = plan.state
         if (
             state is not None
@@ -273,7 +221,7 @@ class HttpDownloader:
                 resp.header("Last-Modified"),
             )
             if verdict.decision == "restart":
-                raise _Restart(verdict.reason, verdict.single_stream)
+                raise RestartError(verdict.reason, verdict.single_stream)
             etag, last_modified = resp.header("ETag"), resp.header("Last-Modified")
             total = verdict.total
             if verdict.decision == "truncate":
@@ -385,7 +333,7 @@ class HttpDownloader:
         if expected and digest != expected:
             discard_part(part.parent, part.name[: -len(".part")])
             if plan.offset or plan.state is not None:
-                raise _Restart("SHA-256 mismatch after resume")
+                raise RestartError("SHA-256 mismatch after resume")
             raise IntegrityError(
                 f"SHA-256 mismatch for {self.display}: expected {expected}, got {digest}; "
                 "the origin serves different bytes than you pinned"
@@ -393,7 +341,7 @@ class HttpDownloader:
         if git is not None and git.hexdigest() != self.git_sha1:
             discard_part(part.parent, part.name[: -len(".part")])
             if plan.offset or plan.state is not None:
-                raise _Restart("git blob SHA-1 mismatch after resume")
+                raise RestartError("git blob SHA-1 mismatch after resume")
             raise IntegrityError(
                 f"git blob SHA-1 mismatch for {self.display}: the hub names {self.git_sha1}, "
                 f"the {size} bytes received hash to {git.hexdigest()}"
@@ -457,7 +405,7 @@ class HttpDownloader:
                 elsewhere = bool(target) and origin_of(target) != origin_of(self.url)
             except ValueError:  # a malformed Location: let the plain request report it
                 elsewhere = False
-            if probe.status not in _REDIRECTS or not elsewhere:
+            if probe.status not in REDIRECTS or not elsewhere:
                 return self.url  # no link handed out this time: ask the origin itself
             with self._link_lock:
                 self._link = target
@@ -491,7 +439,8 @@ class HttpDownloader:
                 "redirected: that server refused the download link, also a fresh one",
                 status=resp.status,
             )
-        raise status_error(resp.status, self.display, resp.header("Retry-After"))
+        retry_after = parse_retry_after(resp.header("Retry-After"), time.time())
+        raise status_error(resp.status, self.display, retry_after)
 
     def _check_encoding(self, resp: Response) -> None:
         """We ask for ``Accept-Encoding: identity``; a compressed body is not the file."""
@@ -528,7 +477,7 @@ class HttpDownloader:
             if resp.status == 200:
                 if validators_changed(state, etag, last_modified):
                     # If-Range did its job: this is a new version. Start over, in parallel.
-                    raise _Restart("the file changed on the server")
+                    raise RestartError("the file changed on the server")
                 raise RangeUnsupported("the server sent the whole file for a range request")
             expected_range = f"bytes {start}-{end - 1}/{state.total}"
             length = (resp.header("Content-Length") or "").strip()
@@ -537,10 +486,10 @@ class HttpDownloader:
                 or (resp.header("Content-Range") or "").strip() != expected_range
                 or (length and length != str(end - start))
             ):
-                raise _Restart(f"unexpected answer to a segment request ({resp.status})")
+                raise RestartError(f"unexpected answer to a segment request ({resp.status})")
             mismatch = partial_mismatch(state, etag, last_modified)
             if mismatch is not None:
-                raise _Restart(mismatch[0], single_stream=mismatch[1])
+                raise RestartError(mismatch[0], single_stream=mismatch[1])
         except BaseException:
             resp.close()
             raise
@@ -558,7 +507,7 @@ class HttpDownloader:
         except FileNotFoundError:
             if truncate:
                 raise DownloadError(f"cannot write {part}: the folder is gone") from None
-            raise _Restart("the partial file vanished") from None
+            raise RestartError("the partial file vanished") from None
         except OSError as exc:
             raise storage_error(exc, part) from None
         try:

@@ -25,7 +25,7 @@ from .errors import (
     InvalidSourceError,
     ReadOnlyCacheError,
 )
-from .options import CachePolicy, EnsureOptions
+from .options import CachePolicy, EnsureOptions, env_hf_token, env_offline, env_remote
 from .progress import ProgressEmitter
 from .shards import assemble, siblings
 from .source import ModelSource
@@ -54,7 +54,7 @@ def credentials_for(source: ModelSource, opts: EnsureOptions) -> dict[str, str]:
     creds = dict(opts.headers or {})
     token = opts.bearer_token
     if token is None and source.kind == "hf":
-        token = os.environ.get("HF_TOKEN") or None
+        token = env_hf_token()
     if token:
         creds["Authorization"] = f"Bearer {token}"
     return creds
@@ -70,7 +70,7 @@ def _fetch(
 ) -> FetchResult:
     from .download import HttpDownloader
     from .local_import import import_local_file
-    from .resume import part_paths
+    from .partfile import part_paths
 
     if source.kind == "path":
         assert source.local_path is not None
@@ -98,7 +98,7 @@ def _fetch_from_hub(
     from that commit and verify."""
     from .download import FetchResult, HttpDownloader
     from .hf import head_hub_file
-    from .resume import discard_part
+    from .partfile import discard_part
 
     assert source.repo_id is not None and source.revision is not None
     pin = (source.repo_id, source.revision)
@@ -170,7 +170,7 @@ def adopt_from_hub_cache(
     ``refs/<revision>`` and the snapshot link, with no request at all."""
     from .download import FetchResult
     from .hfcache import HubCacheRepo, hub_cache_setting
-    from .resume import discard_part, part_paths
+    from .partfile import discard_part, part_paths
 
     setting = hub_cache_setting(opts.hf_cache)
     if setting.root is None or source.kind != "hf" or source.hf_path is None:
@@ -503,7 +503,7 @@ def _promote(
 
 
 def _tier(opts: EnsureOptions) -> RemoteTier | None:
-    remote = opts.remote or os.environ.get("MODELFETCH_REMOTE") or None
+    remote = opts.remote or env_remote()
     if not remote:
         return None
     from .remote import RemoteTier
@@ -550,13 +550,9 @@ def _ensure_transient(
     return replace(entry, via="origin")
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def offline_for(src: ModelSource) -> bool:
     """MODELFETCH_OFFLINE makes every call cache-only; HF_HUB_OFFLINE does so for hf://."""
-    return _truthy("MODELFETCH_OFFLINE") or (src.kind == "hf" and _truthy("HF_HUB_OFFLINE"))
+    return env_offline(hub=src.kind == "hf")
 
 
 def _miss_message(src: ModelSource) -> str:

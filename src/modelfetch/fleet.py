@@ -32,9 +32,9 @@ from .download import FetchResult, HttpDownloader
 from .errors import CancelledError, DownloadError, IntegrityError, ModelFetchError
 from .lease import Held, Lease, Watch, decode_lease, new_token, owner_id, take, take_over
 from .options import EnsureOptions
+from .partfile import discard_part, part_paths
 from .progress import ProgressEmitter
 from .remote import RemoteTier, TierObject
-from .resume import discard_part, part_paths
 from .source import ModelSource
 from .tierstream import (
     ChunkLedger,

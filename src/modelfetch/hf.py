@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.parse
 from dataclasses import dataclass
 
 from .cancel import CancelToken
+from .core.httpwire import parse_retry_after, status_error
 from .errors import DownloadError
 from .http_client import Response, open_url
 from .redact import redact_url
@@ -105,8 +107,6 @@ class HubApiError(DownloadError):
 
 def hub_error(resp: Response, url: str) -> Exception:
     """The exception for a refused hub request, worded from the hub's X-Error-Code."""
-    from .download import status_error
-
     code = (resp.header("X-Error-Code") or "").strip()
     if code in _HUB_ERRORS and resp.status < 500:
         return HubApiError(
@@ -114,7 +114,8 @@ def hub_error(resp: Response, url: str) -> Exception:
             status=resp.status,
             error_code=code,
         )
-    return status_error(resp.status, redact_url(url), resp.header("Retry-After"))
+    retry_after = parse_retry_after(resp.header("Retry-After"), time.time())
+    return status_error(resp.status, redact_url(url), retry_after)
 
 
 def head_hub_file(

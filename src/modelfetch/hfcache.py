@@ -50,6 +50,7 @@ from .fsutil import (
     unlink_quiet,
 )
 from .hubtree import COMMIT, RepoFile, read_tree_file, write_tree_file
+from .options import env_hf_cache_setting, env_hf_home, env_hub_cache
 
 _BLOB_NAME = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _TRUE = ("1", "true", "yes", "on")
@@ -62,14 +63,10 @@ def default_hub_cache() -> Path:
     """The hub cache huggingface_hub uses: HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE (its
     legacy name), else HF_HOME/hub, HF_HOME defaulting to $XDG_CACHE_HOME/huggingface or
     ~/.cache/huggingface (huggingface_hub's constants.py)."""
-    env = os.environ
-    explicit = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    explicit = env_hub_cache()
     if explicit:
         return Path(os.path.expandvars(os.path.expanduser(explicit)))
-    home = env.get("HF_HOME") or os.path.join(
-        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "huggingface",
-    )
+    home = env_hf_home()
     return Path(os.path.expandvars(os.path.expanduser(home))) / "hub"
 
 
@@ -87,10 +84,10 @@ def hub_cache_setting(value: bool | str | os.PathLike[str] | None) -> HubCacheSe
     cache. A path: publish into (and adopt from) that directory.
     """
     if value is None:
-        env = os.environ.get("MODELFETCH_HF_CACHE")
-        if env is None or not env.strip():
+        env = env_hf_cache_setting()
+        if env is None:
             return HubCacheSetting(default_hub_cache(), publish=False)
-        value = env.strip()
+        value = env
     if isinstance(value, bool):
         return HubCacheSetting(default_hub_cache() if value else None, publish=value)
     text = os.fspath(value)

@@ -12,13 +12,9 @@ let the thread that is waiting on them be found, and a cancel shuts their socket
 
 from __future__ import annotations
 
-import base64
-import email.utils
 import http.client
 import socket
 import threading
-import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -31,16 +27,15 @@ from urllib3.exceptions import SSLError
 
 from ._version import __version__
 from .cancel import CancelToken
+from .core.httpwire import REDIRECTS, next_hop, origin_of, split_userinfo
+from .core.retry import RetryableError
 from .errors import CancelledError, DownloadError, InsecureRedirectError
 from .redact import install_log_redaction, redact_url
 
 MAX_REDIRECTS = 10
 install_log_redaction()
 USER_AGENT = f"modelfetch/{__version__}"
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _T = TypeVar("_T")
-# Characters a URL may hold as they are (RFC 3986 reserved + unreserved, and '%').
-_URL_SAFE = ":/?#[]@!$&'()*+,;=%~-._"
 
 _pool_lock = threading.Lock()
 _pool: urllib3.PoolManager | None = None
@@ -121,72 +116,6 @@ def pool() -> urllib3.PoolManager:
             manager.pool_classes_by_scheme = {"http": _Pool, "https": _TlsPool}
             _pool = manager
         return _pool
-
-
-def origin_of(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port); raises ValueError for a malformed URL (bad port or brackets)."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    return scheme, (parts.hostname or "").lower(), port
-
-
-def redirect_target(current: str, location: str, status: int) -> str:
-    """The absolute URL a redirect points to; DownloadError if its Location is malformed."""
-    raw = location.strip()
-    # Sloppy servers send raw spaces or bytes above ASCII: send them percent-encoded (as
-    # curl does) rather than fail inside http.client. Control characters are no URL at all.
-    cleaned = urllib.parse.quote(raw, safe=_URL_SAFE, encoding="latin-1")
-    try:
-        target = urllib.parse.urljoin(current, cleaned)
-        parts = urllib.parse.urlsplit(target)
-        valid = parts.scheme.lower() not in ("http", "https") or (
-            bool(parts.hostname) and (parts.port is None or parts.port > 0)
-        )
-    except (ValueError, UnicodeError):
-        valid = False
-    if not valid or any(ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
-        raise DownloadError(
-            f"redirect {status} from {redact_url(current)} has a malformed Location header "
-            f"({redact_url(raw)[:300]}: bad host, port, brackets or characters); the server "
-            "is misconfigured",
-            status=status,
-        )
-    return target
-
-
-def split_userinfo(url: str) -> tuple[str, dict[str, str]]:
-    """Move ``user:pass@`` out of the URL into a Basic Authorization credential."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, {}
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
-    header = "Basic " + base64.b64encode(token.encode("utf-8")).decode("ascii")
-    clean = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
-    return clean, {"Authorization": header}
-
-
-class RetryableError(Exception):
-    """A failure worth another attempt (5xx, 429, connection trouble)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(min(int(value[:12]), 86400))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 @dataclass
@@ -273,28 +202,18 @@ def open_url(
         if origin_of(current) == asked_origin:
             send.update(creds)
         raw = _send(method, current, send, timeout, cancel)
-        if raw.status not in _REDIRECTS:
+        if raw.status not in REDIRECTS:
             return Response(raw, current)
-        location = raw.headers.get("Location")
-        if not follow_cross_origin and location:
-            target = redirect_target(current, location, raw.status)
-            if origin_of(target) != asked_origin:
-                return Response(raw, current)  # the caller wants this redirect's headers
+        try:
+            target = next_hop(
+                current, raw.headers.get("Location"), raw.status, asked_origin, follow_cross_origin
+            )
+        except BaseException:
+            raw.close()
+            raise
+        if target is None:
+            return Response(raw, current)  # the caller wants this redirect's headers
         raw.close()  # never drain a redirect body: a hostile server could make it endless
-        if not location:
-            raise DownloadError(
-                f"redirect {raw.status} without Location from {redact_url(current)}",
-                status=raw.status,
-            )
-        target = redirect_target(current, location, raw.status)
-        scheme = urllib.parse.urlsplit(target).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise InsecureRedirectError(f"refusing redirect to a {scheme[:10]!r} URL")
-        if current.lower().startswith("https:") and scheme == "http":
-            raise InsecureRedirectError(
-                f"refusing redirect from https to http ({redact_url(target)}): it would expose "
-                "the download to tampering"
-            )
         current = target
     raise InsecureRedirectError(
         f"more than {MAX_REDIRECTS} redirects starting at {redact_url(url)}"

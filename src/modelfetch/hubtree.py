@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from .cancel import CancelToken
+from .core.sidecar import MAX_SIZE
 from .errors import DownloadError, InvalidSourceError, storage_error
 from .fsutil import atomic_write_bytes, read_regular_file
 from .layout import REFS, TREES, Layout
-from .metadata import MAX_SIZE
 from .redact import redact_url
-from .source import DEFAULT_HF_ENDPOINT, ModelSource
+from .source import ModelSource
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub's _tree_cache.TREE_CACHE_FORMAT_VERSION
 MAX_PAGES = 200
@@ -202,10 +201,6 @@ def cached_tree_path(layout: Layout, repo_id: str, commit: str) -> Path:
 
 
 # -- the hub API ----------------------------------------------------------------------------
-def hub_endpoint(explicit: str | None) -> str:
-    return (explicit or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
-
-
 def get_json(
     url: str,
     creds: Mapping[str, str],

@@ -51,6 +51,7 @@ from typing import BinaryIO
 
 from .cache import Cache, CacheEntry
 from .cancel import CancelToken
+from .core.httpwire import serve_range
 from .ensure import ensure
 from .errors import CacheMissError, DownloadError, InvalidSourceError, ModelFetchError
 from .mirror_api import PAGE_SIZE, MirrorApi
@@ -59,7 +60,6 @@ from .redact import REDACTED, printable
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch.mirror")
-_RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _HEAD_LIMIT = 64 * 1024  # request line + headers
 _SEND_CHUNK = 1024 * 1024  # sendfile per step; each step must finish within io_timeout
@@ -525,19 +525,12 @@ class MirrorServer:
             if request.headers.get("if-none-match") in (etag, "*"):
                 fh.close()
                 return Reply(304, {"ETag": etag, **extra})
-            start, end, status = 0, entry.bytes - 1, 200
-            wanted = request.headers.get("range")
-            if_range = request.headers.get("if-range")
-            match = _RANGE.match(wanted.strip()) if wanted else None
-            # RFC 9110: a Range we cannot parse (or several ranges) is ignored -> 200; only
-            # a well-formed range outside the file gets 416.
-            if match and (if_range is None or if_range == etag):
-                parsed = _parse_range(match, entry.bytes)
-                if parsed is None:
-                    fh.close()
-                    return Reply(416, {"Content-Range": f"bytes */{entry.bytes}"})
-                start, end = parsed
-                status = 206
+            status, start, end = 200, 0, entry.bytes - 1
+            if request.headers.get("if-range") in (None, etag):
+                status, start, end = serve_range(request.headers.get("range"), entry.bytes)
+            if status == 416:
+                fh.close()
+                return Reply(416, {"Content-Range": f"bytes */{entry.bytes}"})
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Accept-Ranges": "bytes",
@@ -556,16 +549,3 @@ def _has_body(request: Request) -> bool:
     """GET and HEAD bodies are not read; a connection that sent one cannot be reused."""
     length = request.headers.get("content-length", "0").strip()
     return length not in ("", "0") or "transfer-encoding" in request.headers
-
-
-def _parse_range(match: re.Match[str], size: int) -> tuple[int, int] | None:
-    if (not match.group(1) and not match.group(2)) or size == 0:
-        return None
-    if not match.group(1):  # suffix: the last N bytes
-        n = int(match.group(2))
-        return (max(0, size - n), size - 1) if n > 0 else None
-    start = int(match.group(1))
-    end = int(match.group(2)) if match.group(2) else size - 1
-    if start >= size or end < start:
-        return None
-    return start, min(end, size - 1)

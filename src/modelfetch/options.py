@@ -1,4 +1,8 @@
-"""EnsureOptions and CachePolicy: everything a caller can tune, validated up front."""
+"""EnsureOptions and CachePolicy: everything a caller can tune, validated up front.
+
+This is also the one module that reads environment variables (HF_ENDPOINT, HF_TOKEN,
+HF_HUB_OFFLINE, MODELFETCH_*): the small functions at the end are what the others call.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from .budget import ConnectionBudget
-from .cancel import CancelToken
+from .core.identity import DEFAULT_HF_ENDPOINT
 from .errors import InvalidSourceError
-from .progress import ProgressCallback
+
+if TYPE_CHECKING:  # annotations only: options sits below the I/O primitives
+    from .budget import ConnectionBudget
+    from .cancel import CancelToken
+    from .progress import ProgressCallback
+
 
 if TYPE_CHECKING:
     from .remote import RemoteTier
@@ -160,3 +168,61 @@ class EnsureOptions:
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
         return replace(self, **overrides)
+
+
+# -- the environment ------------------------------------------------------------------------
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_cache_dir() -> str | None:
+    """MODELFETCH_CACHE_DIR, the cache root when none is passed."""
+    return _env("MODELFETCH_CACHE_DIR")
+
+
+def hf_endpoint(explicit: str | None = None) -> str:
+    """The hub to talk to: ``explicit``, else HF_ENDPOINT, else huggingface.co."""
+    return (explicit or _env("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def env_hf_token() -> str | None:
+    """HF_TOKEN, sent to the hub when no bearer token is passed."""
+    return _env("HF_TOKEN")
+
+
+def env_remote() -> str | None:
+    """MODELFETCH_REMOTE, the shared tier (s3://bucket/prefix) when none is passed."""
+    return _env("MODELFETCH_REMOTE")
+
+
+def env_s3_endpoint() -> str | None:
+    """MODELFETCH_S3_ENDPOINT, the shared tier's endpoint for S3-compatible stores."""
+    return _env("MODELFETCH_S3_ENDPOINT")
+
+
+def env_offline(hub: bool) -> bool:
+    """MODELFETCH_OFFLINE makes every call cache-only; HF_HUB_OFFLINE does so for hf://."""
+    return _truthy("MODELFETCH_OFFLINE") or (hub and _truthy("HF_HUB_OFFLINE"))
+
+
+def env_hub_cache() -> str | None:
+    """HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE (huggingface_hub's legacy name)."""
+    return _env("HF_HUB_CACHE") or _env("HUGGINGFACE_HUB_CACHE")
+
+
+def env_hf_home() -> str:
+    """HF_HOME, defaulting as huggingface_hub does to $XDG_CACHE_HOME/huggingface or
+    ~/.cache/huggingface."""
+    cache = _env("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return _env("HF_HOME") or os.path.join(cache, "huggingface")
+
+
+def env_hf_cache_setting() -> str | None:
+    """MODELFETCH_HF_CACHE, what to do with the Hugging Face cache when nothing is passed
+    (unset or blank: None)."""
+    value = os.environ.get("MODELFETCH_HF_CACHE")
+    return value.strip() if value is not None and value.strip() else None

@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 
 from .errors import CacheMissError, DownloadError, InvalidSourceError
-from .hubtree import follow_pages, get_json, hub_endpoint, recall, remember, tree_url
+from .hubtree import follow_pages, get_json, recall, remember, tree_url
 from .layout import Layout
-from .options import EnsureOptions
+from .options import EnsureOptions, hf_endpoint
 from .source import ModelSource
 
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
@@ -58,7 +58,7 @@ def list_repo_files(
 ) -> list[str]:
     """Every file path of the repo at ``commit`` (an immutable listing, however paged)."""
     assert source.repo_id
-    url = tree_url(hub_endpoint(opts.hf_endpoint), source.repo_id, commit)
+    url = tree_url(hf_endpoint(opts.hf_endpoint), source.repo_id, commit)
     paths: list[str] = []
     for items in follow_pages(
         url,
@@ -111,7 +111,7 @@ def resolve(
     from .hf import resolve_commit
 
     assert source.repo_id and source.revision
-    endpoint = hub_endpoint(opts.hf_endpoint)
+    endpoint = hf_endpoint(opts.hf_endpoint)
     commit = resolve_commit(
         endpoint,
         source.repo_id,

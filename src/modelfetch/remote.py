@@ -15,7 +15,6 @@ store is noticed within seconds, not minutes.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 
 from .errors import InvalidSourceError
 from .lease import LEASE_NAME, MAX_DOC_BYTES
+from .options import env_s3_endpoint
 from .source import ModelSource
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -51,7 +51,7 @@ class RemoteTier:
             raise InvalidSourceError("S3 prefix must not contain empty, '.' or '..' parts")
         self.bucket = bucket
         self.prefix = prefix
-        self.endpoint_url = endpoint_url or os.environ.get("MODELFETCH_S3_ENDPOINT") or None
+        self.endpoint_url = endpoint_url or env_s3_endpoint()
         # False: never send If-None-Match / If-Match (a store that rejects them); the lease
         # protocol then relies on its read-back confirmation alone.
         self.conditional_writes = conditional_writes

@@ -34,6 +34,7 @@ from typing import Any
 from .budget import ConnectionBudget
 from .cache import Cache, CacheEntry, VerifyResult
 from .cancel import CancelToken
+from .core.sidecar import FileStamp, MetadataError
 from .ensure import credentials_for, ensure_file, offline_for
 from .errors import (
     CacheMissError,
@@ -52,7 +53,6 @@ from .hubtree import (
     RepoFile,
     cached_tree_path,
     get_json,
-    hub_endpoint,
     list_tree_pages,
     read_tree_file,
     recall,
@@ -62,10 +62,10 @@ from .hubtree import (
     write_tree_file,
 )
 from .layout import REFS, TREES, Layout
-from .metadata import FileStamp, MetadataError, read_metadata
-from .options import CachePolicy, EnsureOptions
+from .options import CachePolicy, EnsureOptions, hf_endpoint
 from .progress import ProgressCallback, ProgressEmitter, ProgressEvent
 from .shards import SHARD
+from .sidecar_file import read_metadata
 from .snapdir import iter_snapshots, read_links
 from .snapdir import list_snapshots as snapdir_list
 from .snapdir import publish as publish_snapshot_dir
@@ -211,7 +211,7 @@ def resolve_commit(
     from .download import HttpDownloader
     from .hf import resolve_commit as hub_resolve_commit
 
-    endpoint = hub_endpoint(opts.hf_endpoint)
+    endpoint = hf_endpoint(opts.hf_endpoint)
     creds = credentials_for(_as_hub_source(ref), opts)
     retry = HttpDownloader(endpoint, creds, opts, emitter)  # the download's retry rules
     commit = retry.retrying(
@@ -255,7 +255,7 @@ def load_tree(
     if tree is None:
         creds = credentials_for(_as_hub_source(ref), opts)
         tree = list_tree_pages(
-            tree_url(hub_endpoint(opts.hf_endpoint), ref.repo_id, commit),
+            tree_url(hf_endpoint(opts.hf_endpoint), ref.repo_id, commit),
             lambda url: _api(url, creds, opts, emitter),
             ref.repo_id,
         )
@@ -373,7 +373,7 @@ def _reuse(
 ) -> CacheEntry | None:
     """Link an LFS file from another commit's entry with the same SHA-256, if there is one
     that is provably intact; None: let ``ensure`` find or fetch it."""
-    from .resume import part_paths
+    from .partfile import part_paths
 
     sha = f.lfs_sha256
     directory = cache.entry_dir(src)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .cancel import CancelToken
+from .core.resume import PartState
 from .errors import CancelledError, DownloadError, IntegrityError
 from .fsutil import lstat_regular, unlink_quiet
 from .lease import (
@@ -46,9 +47,9 @@ from .lease import (
     release,
     renew,
 )
+from .partfile import load_part_state, part_paths, save_part_state
 from .progress import ProgressEmitter
 from .remote import RemoteTier
-from .resume import PartState, load_part_state, part_paths, save_part_state
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch")

@@ -40,9 +40,11 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 from .budget import ConnectionBudget
 from .cancel import CancelToken
+from .core.retry import RetryableError
+from .core.segments import Segment, SegmentTable, contiguous_frontier
 from .errors import CancelledError, DownloadError, ModelFetchError, storage_error
 from .fsutil import start_writeback
-from .http_client import Response, RetryableError
+from .http_client import Response
 
 CHUNK = 1024 * 1024  # read size for local copies and the default for tests
 # Measured on loopback (bench/run.py): one stream wants large reads to keep Python's
@@ -51,8 +53,6 @@ SINGLE_STREAM_CHUNK = 4 * 1024 * 1024
 PARALLEL_CHUNK = 2 * 1024 * 1024
 SPARE_BUFFERS = 4
 HASH_READ = 4 * 1024 * 1024
-MIN_SPLIT = 8 * 1024 * 1024  # never leave a worker less than this to fetch after a split
-SPLIT_ALIGN = 1024 * 1024
 STALL_SECONDS = 5.0
 PERSIST_SECONDS = 1.0
 RAMP_SECONDS = 0.25
@@ -69,8 +69,7 @@ class RangeUnsupported(Exception):
 
 class TransferRetry(RetryableError):
     def __init__(self, message: str, progressed: bool) -> None:
-        super().__init__(message)
-        self.progressed = progressed
+        super().__init__(message, progressed=progressed)
 
 
 class LowSpeedError(TransferRetry):
@@ -114,62 +113,6 @@ class _SpeedWindow:
         return (received - before) < self.rule.limit * (now - then)
 
 
-@dataclass
-class Segment:
-    start: int
-    end: int | None  # exclusive; None only for a single stream of unknown length
-    pos: int
-    active: bool = False
-    last_progress: float = 0.0
-    pending: int = 0  # received into a buffer, not yet written (shown as progress only)
-    written_back: int = -1  # up to here the kernel was asked to start writeback
-
-    @property
-    def remaining(self) -> int:
-        return 0 if self.end is None else max(0, self.end - self.pos)
-
-    @property
-    def done(self) -> bool:
-        return self.end is not None and self.pos >= self.end
-
-
-def validate_segments(raw: object, total: int | None) -> list[Segment] | None:
-    """Segments loaded from a part sidecar: they must tile [0, total) exactly."""
-    if not isinstance(raw, list) or not raw or len(raw) > 4096:
-        return None
-    segs: list[Segment] = []
-    expect = 0
-    for item in raw:
-        if not (isinstance(item, list) and len(item) == 3):
-            return None
-        start, end, pos = item
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, pos)):
-            return None
-        if end is not None and (not isinstance(end, int) or isinstance(end, bool)):
-            return None
-        if start != expect or pos < start or (end is not None and not start <= pos <= end):
-            return None
-        segs.append(Segment(start, end, pos))
-        if end is None:
-            expect = -1
-            break
-        expect = end
-    if expect == -1:
-        return segs if total is None and len(segs) == len(raw) else None
-    return segs if total is not None and expect == total else None
-
-
-def contiguous_frontier(segments: list[Segment]) -> int:
-    frontier = 0
-    for seg in segments:
-        if seg.start != frontier:
-            break
-        frontier = seg.pos
-        if not seg.done:
-            break
-    return frontier
-
-
 def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -204,7 +147,8 @@ class Transfer:
         flight); ``stop`` fires when the transfer stops, to interrupt the wait."""
         self.fd = fd
         self.direct_fd = direct_fd
-        self.segments = segments
+        self.table = SegmentTable(segments)
+        self.segments = segments  # the table's list, shared
         self.total = total
         self.open_segment = open_segment
         self.persist_cb = persist
@@ -238,67 +182,17 @@ class Transfer:
         self.live: dict[int, Response] = {}  # worker thread id -> its open response
 
     # -- bookkeeping (call with self.cond held) --------------------------------------------
-    def _done_bytes(self) -> int:
-        return sum(s.pos - s.start for s in self.segments)
-
-    def _shown_bytes(self) -> int:
-        return sum(s.pos - s.start + s.pending for s in self.segments)
-
-    def _snapshot(self) -> list[list[int | None]]:
-        return [[s.start, s.end, s.pos] for s in self.segments]
-
     def _next_work(self) -> Segment | None:
-        for seg in self.segments:
-            if not seg.active and not seg.done and seg.end is not None:
-                seg.active = True
-                seg.last_progress = time.monotonic()
-                return seg
-        busy = [s for s in self.segments if s.active and s.remaining > 0]
-        if not busy:
-            return None
-        now = time.monotonic()
-        stalled = [s for s in busy if now - s.last_progress > STALL_SECONDS]
-        if stalled:
-            # Take the whole remainder: its connection is alive but not delivering.
-            victim = max(stalled, key=lambda s: s.remaining)
-            new = Segment(victim.pos, victim.end, victim.pos, True, now)
-            victim.end = victim.pos  # its worker stops at its next chunk
-        else:
-            victim = max(busy, key=lambda s: s.remaining)
-            if victim.remaining < 2 * MIN_SPLIT:
-                return None
-            assert victim.end is not None
-            mid = victim.pos + victim.remaining // 2
-            mid -= mid % SPLIT_ALIGN
-            new = Segment(mid, victim.end, mid, True, now)
-            victim.end = mid
-        self.segments.append(new)
-        self.segments.sort(key=lambda s: s.start)
-        return new
+        return self.table.next_work(time.monotonic(), STALL_SECONDS)
 
     def _ramp_up(self) -> int:
-        """Split the largest remaining segment into equal unassigned pieces for new workers.
-        Returns how many workers to start."""
-        busy = [s for s in self.segments if s.active and s.remaining > 0]
-        if not busy:
-            return 0
-        victim = max(busy, key=lambda s: s.remaining)
-        assert victim.end is not None
-        wanted = min(self.connections - self.running, victim.remaining // MIN_SPLIT - 1)
+        """Split the largest remaining segment for new workers, as many as the shared budget
+        grants. Returns how many workers to start."""
+        wanted = self.table.ramp_room(self.connections - self.running)
         if wanted < 1:
             return 0
-        pieces = 1 + (self.budget.try_acquire(wanted) if self.budget else wanted)
-        if pieces < 2:
-            return 0
-        step = victim.remaining // pieces
-        cuts = [victim.pos + i * step for i in range(1, pieces)]
-        cuts = [c - c % SPLIT_ALIGN for c in cuts]
-        bounds = [*cuts, victim.end]
-        for start, end in zip(cuts, bounds[1:], strict=True):
-            self.segments.append(Segment(start, end, start))
-        victim.end = cuts[0]
-        self.segments.sort(key=lambda s: s.start)
-        return pieces - 1
+        granted = self.budget.try_acquire(wanted) if self.budget else wanted
+        return self.table.ramp_split(1 + granted)
 
     def _work_or_exit(self) -> Segment | None:
         """Next piece of work; while other segments are still running, linger so a stall
@@ -583,7 +477,7 @@ class Transfer:
             error = self.error
             if isinstance(error, TransferRetry) and not isinstance(error, LowSpeedError):
                 with self.cond:
-                    error.progressed = self._done_bytes() > self.initial_done
+                    error.progressed = self.table.done_bytes() > self.initial_done
             raise error
         if not self.hash_done or self.total is None:
             raise DownloadError("internal error: transfer ended before the hash caught up")
@@ -598,7 +492,7 @@ class Transfer:
         while True:
             with self.cond:
                 self.cond.wait(0.1)
-                running, done = self.running, self._shown_bytes()
+                running, done = self.running, self.table.shown_bytes()
                 everything_on_disk = bool(self.segments) and all(s.done for s in self.segments)
             if running and everything_on_disk:
                 # Only connections whose work was taken over are left, possibly stuck in
@@ -705,7 +599,7 @@ class Transfer:
 
     def _persist(self) -> None:
         with self.cond:
-            snapshot = self._snapshot()
+            snapshot = self.table.snapshot()
         try:
             os.fdatasync(self.fd)  # positions are only recorded for bytes that are on disk
         except OSError as exc:

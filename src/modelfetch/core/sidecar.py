@@ -37,10 +37,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
-
-from .fsutil import atomic_write_bytes, read_regular_file
 
 SCHEMA_VERSION = 1
 METADATA_NAME = "metadata.json"
@@ -94,12 +91,14 @@ class EntryMetadata:
         body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **asdict(self)}
         return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
-    def with_stamp(self, stamp: FileStamp | None) -> EntryMetadata:
-        return replace(self, stamp=stamp, updated_at=utc_now())
+    def with_stamp(self, stamp: FileStamp | None, now: str) -> EntryMetadata:
+        return replace(self, stamp=stamp, updated_at=now)
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def format_timestamp(when: datetime) -> str:
+    """The sidecar's timestamp form: ISO-8601 UTC with milliseconds and a ``Z``."""
+    utc = when.astimezone(timezone.utc)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -209,17 +208,6 @@ def parse_metadata(data: bytes) -> EntryMetadata:
     )
 
 
-def read_metadata(entry_dir: Path) -> EntryMetadata:
-    """Read and validate an entry's sidecar; raise MetadataError for anything untrustworthy."""
-    try:
-        data = read_regular_file(entry_dir / METADATA_NAME, MAX_METADATA_BYTES)
-    except FileNotFoundError:
-        raise MetadataError("missing") from None
-    except OSError as exc:
-        raise MetadataError(f"unreadable ({exc.strerror or exc})") from None
-    return parse_metadata(data)
-
-
 def storable_validator(value: str | None) -> str | None:
     """A validator (ETag, Last-Modified) as we may store and send it back, or None."""
     if value is None or len(value) > MAX_VALIDATOR or _CONTROL.search(value):
@@ -241,13 +229,12 @@ def bounded(meta: EntryMetadata) -> EntryMetadata:
     )
 
 
-def write_metadata(entry_dir: Path, meta: EntryMetadata) -> EntryMetadata:
-    """Write the sidecar and return what was stored: only a sidecar that reads back as
-    written ever reaches the disk."""
+def sidecar_bytes(meta: EntryMetadata) -> tuple[EntryMetadata, builtins.bytes]:
+    """What to store for ``meta`` and its bytes: only a sidecar that reads back as written
+    ever reaches the disk (MetadataError otherwise)."""
     stored = bounded(meta)
     data = stored.to_json()
     if len(data) > MAX_METADATA_BYTES:
         raise MetadataError(f"sidecar would exceed {MAX_METADATA_BYTES} bytes")
     parse_metadata(data)  # raises MetadataError for anything the reader would reject
-    atomic_write_bytes(entry_dir / METADATA_NAME, data)
-    return stored
+    return stored, data

@@ -17,7 +17,7 @@ Crash safety rests on one ordering rule: the checkpoint never claims a byte the 
 durably hold. Positions are recorded only after an ``fdatasync`` of the part (transfer.py),
 and before a part is truncated or removed its checkpoint is replaced by one that claims
 nothing (or removed), durably, first. A ``kill -9`` at any instant leaves a state that is
-safe to resume.
+safe to resume. This module only decides; partfile.py reads and writes the files.
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
-from .fsutil import atomic_write_bytes, fsync_dir, lstat_regular, read_regular_file, unlink_quiet
-from .metadata import MAX_VALIDATOR, storable_validator
-from .transfer import Segment, contiguous_frontier, validate_segments
+from .segments import Segment, contiguous_frontier, validate_segments
+from .sidecar import MAX_VALIDATOR, storable_validator
 
 PART_SUFFIX = ".part"
 PART_STATE_SUFFIX = ".part.json"
-_MAX_PART_STATE = 16 * 1024
+MAX_PART_STATE = 16 * 1024
 _CONTENT_RANGE = re.compile(r"^bytes (\d{1,19})-(\d{1,19})/(\d{1,19}|\*)$")
 
 
@@ -63,15 +61,12 @@ class PartState:
         return self.last_modified
 
 
-def part_paths(entry_dir: Path, file_name: str) -> tuple[Path, Path]:
-    return entry_dir / (file_name + PART_SUFFIX), entry_dir / (file_name + PART_STATE_SUFFIX)
-
-
-def load_part_state(path: Path, cache_key: str) -> PartState | None:
-    """Read a part sidecar; anything odd means 'no usable state' (never an exception)."""
+def parse_part_state(data: bytes, cache_key: str) -> PartState | None:
+    """A part sidecar's bytes as a PartState; anything odd means 'no usable state' (never an
+    exception)."""
     try:
-        doc = json.loads(read_regular_file(path, _MAX_PART_STATE).decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
         return None
     if not isinstance(doc, dict) or doc.get("cache_key") != cache_key:
         return None
@@ -96,22 +91,13 @@ def load_part_state(path: Path, cache_key: str) -> PartState | None:
     )
 
 
-def save_part_state(path: Path, state: PartState) -> None:
-    """Write the part sidecar; validators the reader would refuse are left out, so what is
+def part_state_json(state: PartState) -> bytes:
+    """The part sidecar's bytes; validators the reader would refuse are left out, so what is
     written always reads back (a resume then relies on the other validator or the pin)."""
     doc = asdict(state)
     doc["etag"] = storable_validator(state.etag)
     doc["last_modified"] = storable_validator(state.last_modified)
-    atomic_write_bytes(path, json.dumps(doc).encode("utf-8"))
-
-
-def discard_part(entry_dir: Path, file_name: str) -> None:
-    """Remove a part and its checkpoint: the checkpoint first, durably, so a crash in
-    between leaves a part nobody trusts rather than a checkpoint without its bytes."""
-    part, state = part_paths(entry_dir, file_name)
-    if unlink_quiet(state):
-        fsync_dir(entry_dir)
-    unlink_quiet(part)
+    return json.dumps(doc).encode("utf-8")
 
 
 def _opaque(etag: str) -> str:
@@ -153,13 +139,14 @@ class ResumePlan:
 
 
 def plan_resume(
-    part: Path, state: PartState | None, expected_sha256: str | None, enabled: bool
+    part_size: int | None, state: PartState | None, expected_sha256: str | None, enabled: bool
 ) -> ResumePlan:
+    """What to keep of a part of ``part_size`` bytes (None: no regular file there) and
+    what to ask the origin for."""
     if not enabled or state is None or not state.segments:
         return ResumePlan(0, {}, None)
-    st = lstat_regular(part)
     needed = max(pos for _, _, pos in state.segments)
-    if st is None or st.st_size < needed:
+    if part_size is None or part_size < needed:
         return ResumePlan(0, {}, None)  # the part lost data the sidecar says it has
     if state.sha256 and expected_sha256 and state.sha256 != expected_sha256:
         return ResumePlan(0, {}, None)  # the part was started for another expected file
