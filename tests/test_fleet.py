@@ -33,9 +33,9 @@ from modelfetch import (
     ensure,
 )
 from modelfetch.cli import main as cli_main
+from modelfetch.fetch.tier import RemoteTier, TierLeaseStore
 from modelfetch.lease import LEASE_NAME, decode_lease
 from modelfetch.mirror import MirrorServer
-from modelfetch.remote import RemoteTier, TierLeaseStore
 from modelfetch.tierstream import read_manifest
 
 from .conftest import sha256_of

@@ -19,7 +19,7 @@ from modelfetch import (
     ProgressEvent,
     ensure,
 )
-from modelfetch.hf import parse_hub_headers
+from modelfetch.fetch.hub import parse_hub_headers
 
 from .conftest import sha256_of
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import modelfetch.download as download_mod
+import modelfetch.fetch.http as download_mod
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from modelfetch import EnsureOptions, ProgressEvent, ensure, ensure_async
@@ -39,18 +39,16 @@ def test_single_stream_resume_with_and_without_direct_io(
     server: FaultServer,
     opts: EnsureOptions,
     cache_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(download_mod, "USE_DIRECT_IO", direct)
     data = random_bytes(20 * MiB + 4095, seed=52)
     url = server.add("/d/model.gguf", Resource(data, drop_after=[9 * MiB + 1]))
     with pytest.raises(Exception):
-        ensure(url, opts, max_retries=0, connections=1)
+        ensure(url, opts, max_retries=0, connections=1, direct_io=direct)
     # Bytes buffered when the connection died are written the plain way, so nothing
     # received is lost, with or without O_DIRECT.
     kept = part_progress(cache_dir, url)
     assert kept == 9 * MiB + 1
-    entry = ensure(url, opts, connections=1)
+    entry = ensure(url, opts, connections=1, direct_io=direct)
     assert entry.path.read_bytes() == data
     last = server.requests_for("/d/model.gguf")[-1].headers["Range"]
     assert last == f"bytes={kept}-"  # one stream: an open-ended range from the checkpoint

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import modelfetch.transfer as transfer_mod
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from devtools.nginx import Nginx
@@ -110,12 +109,12 @@ def test_stalled_connection_is_taken_over(
     opts: EnsureOptions,
     big: bytes,
     big_sha: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transfer_mod, "STALL_SECONDS", 0.5)
     res = Resource(big, stall_range_at=20 * MiB)
     url = server.add(PATH, res)
-    entry = ensure(url, opts, connections=4, read_timeout=60, parallel_below_mbps=None)
+    entry = ensure(
+        url, opts, connections=4, read_timeout=60, parallel_below_mbps=None, stall_seconds=0.5
+    )
     assert entry.sha256 == big_sha == sha256_of(entry.path)
     assert res.stalled
     assert range_starts(server).count(20 * MiB) == 2  # asked again by an idle worker

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import modelfetch.cache as cache_mod
 from devtools.fault_server import FaultServer, Resource
 from modelfetch import CacheMissError, EnsureOptions, ModelSource, ensure
+from modelfetch.cache import Cache
 from modelfetch.core.sidecar import MetadataError, parse_metadata
+from modelfetch.fsutil import sha256_file
 
 from .conftest import sha256_of
 
@@ -228,25 +229,31 @@ def test_verified_hit_skips_rehash_until_file_changes(
     server: FaultServer,
     opts: EnsureOptions,
     blob: bytes,
-    monkeypatch: pytest.MonkeyPatch,
+    cache_dir: Path,
 ) -> None:
+    """The steps of ensure(): the lock-free hit (stat stamp), else the verified lookup."""
     url, entry_dir = _download(server, opts, blob)
     calls: list[Path] = []
-    real = cache_mod.sha256_file
 
-    def counting(path: Path, *a: object, **k: object) -> object:
+    def counting(path: Path) -> tuple[str, int, object]:
         calls.append(path)
-        return real(path, *a, **k)  # type: ignore[arg-type]
+        return sha256_file(path)
 
-    monkeypatch.setattr(cache_mod, "sha256_file", counting)
+    cache = Cache(cache_dir, hash_file=counting)
+    src = ModelSource.parse(url)
+
+    def hit() -> object:
+        return cache.lookup_fast(src, None) or cache.lookup_verified(src, None)
+
     for _ in range(3):
-        ensure(url, opts)
+        assert hit() is not None
     assert calls == []
     os.utime(entry_dir / "model.gguf")  # stat stamp changes, content does not
-    ensure(url, opts)
+    assert hit() is not None
     assert len(calls) == 1  # re-hashed once, found intact, stamp refreshed
-    ensure(url, opts)
+    assert hit() is not None
     assert len(calls) == 1
+    assert ensure(url, opts).path == entry_dir / "model.gguf"
 
 
 def test_moving_the_cache_root_keeps_entries_valid(

@@ -13,7 +13,7 @@ import pytest
 from devtools.fault_server import FaultServer, Resource
 from devtools.seaweed import SeaweedFS
 from modelfetch import EnsureOptions, ModelSource, ProgressEvent, ensure
-from modelfetch.remote import RemoteTier
+from modelfetch.fetch.tier import RemoteTier
 from modelfetch.tierstream import read_manifest
 
 from .conftest import sha256_of

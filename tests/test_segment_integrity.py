@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import modelfetch.transfer as transfer_mod
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from modelfetch import DownloadError, EnsureOptions, ModelSource, ProgressEvent, ensure
@@ -102,11 +101,9 @@ def test_resumed_parallel_download_with_take_overs_finishes(
     opts: EnsureOptions,
     big: bytes,
     cache_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Several open segments (unaligned positions), eight connections, a slow origin and a
     connection that stalls: the resume finishes, keeps the part and hashes in order."""
-    monkeypatch.setattr(transfer_mod, "STALL_SECONDS", 0.5)
     segments = []
     for i in range(5):
         start, end = i * 8 * MiB, (i + 1) * 8 * MiB
@@ -115,7 +112,7 @@ def test_resumed_parallel_download_with_take_overs_finishes(
     url = server.add(PATH, res)
     write_part(cache_dir, url, res, segments)
     events: list[ProgressEvent] = []
-    entry = ensure(url, opts, connections=8, progress=events.append)
+    entry = ensure(url, opts, connections=8, progress=events.append, stall_seconds=0.5)
     assert entry.sha256 == hashlib.sha256(big).hexdigest() == sha256_of(entry.path)
     assert res.stalled  # the stalled connection was taken over
     assert [e.message for e in events if e.kind in ("restart", "retry")] == []
@@ -126,16 +123,14 @@ def test_resume_with_more_open_segments_than_buffers_finishes(
     server: FaultServer,
     opts: EnsureOptions,
     cache_dir: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transfer_mod, "STALL_SECONDS", 0.5)
     data = random_bytes(16 * MiB, seed=32)
     segments = [(i * 2 * MiB, (i + 1) * 2 * MiB, i * 2 * MiB + MiB // 2) for i in range(8)]
     res = Resource(data, chunk=10_000, delay_per_chunk=0.01)
     url = server.add(PATH, res)
     write_part(cache_dir, url, res, segments)
     events: list[ProgressEvent] = []
-    entry = ensure(url, opts, connections=8, progress=events.append)
+    entry = ensure(url, opts, connections=8, progress=events.append, stall_seconds=0.5)
     assert entry.sha256 == hashlib.sha256(data).hexdigest() == sha256_of(entry.path)
     assert [e.message for e in events if e.kind in ("restart", "retry")] == []
 

@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -182,7 +182,15 @@ def _read_sidecar(directory: Path) -> EntryMetadata | None:
 class Cache:
     """A cache root. Cheap to construct; thread-safe (all state is on disk)."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        hash_file: Callable[[Path], tuple[str, int, object]] = sha256_file,
+    ) -> None:
+        """``hash_file`` hashes a cached file when its stamp does not prove it intact (a
+        parameter so tests can count re-hashes)."""
+        self.hash_file = hash_file
         base = Path(root).expanduser() if root is not None else default_cache_dir()
         # Resolve once: a root that is itself a symlink (cache on another disk) is fine;
         # symlinks *inside* the root are never followed (layout.py).
@@ -307,7 +315,7 @@ class Cache:
             used = self._touch(directory) if repair else st_dir.st_mtime
             return CacheEntry.from_metadata(directory, meta, used)
         try:
-            digest, size, _ = sha256_file(file_path)
+            digest, size, _ = self.hash_file(file_path)
         except OSError:
             size, digest = -1, ""
         known = pin or (meta.sha256 if meta is not None else None)
@@ -712,11 +720,10 @@ class Cache:
             return "git blob id mismatch: file and sidecar removed"
         return None
 
-    @staticmethod
-    def _digests(file_path: Path, meta: EntryMetadata) -> tuple[str, int, str | None]:
+    def _digests(self, file_path: Path, meta: EntryMetadata) -> tuple[str, int, str | None]:
         """SHA-256, size and, when the sidecar names one, the git blob id (same pass)."""
         if meta.git_sha1 is None:
-            digest, size, _ = sha256_file(file_path)
+            digest, size, _ = self.hash_file(file_path)
             return digest, size, None
         fd = os.open(file_path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:

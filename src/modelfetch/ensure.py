@@ -20,44 +20,28 @@ from .cancel import CancelToken
 from .errors import (
     CacheMissError,
     CacheStorageError,
-    DownloadError,
-    IntegrityError,
     InvalidSourceError,
     ReadOnlyCacheError,
 )
-from .options import CachePolicy, EnsureOptions, env_hf_token, env_offline, env_remote
+from .fetch.base import Pins, credentials_for, fetcher_for
+from .options import CachePolicy, EnsureOptions, env_offline, env_remote
 from .progress import ProgressEmitter
 from .shards import assemble, siblings
 from .source import ModelSource
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 # The download machinery (urllib3, the transfer engine, asyncio) is imported inside the
 # functions that need it, so that a cache hit, the common case in scripts and service
 # starts, costs only the cache lookup and not ~100 ms of imports.
 if TYPE_CHECKING:
-    from .download import FetchResult
-    from .remote import RemoteTier
-
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-# (repo id, revision) -> the commit it resolved to, for the rest of one ensure() call: the
-# shards of a split model, and the file a quantisation tag picked, all come from one commit.
-Pins = dict[tuple[str, str], str]
+    from .fetch.base import FetchResult
+    from .fetch.tier import RemoteTier
 
 
 def _options(options: EnsureOptions | None, overrides: dict[str, Any]) -> EnsureOptions:
     base = options if options is not None else EnsureOptions()
     return base.merged(**overrides) if overrides else base
-
-
-def credentials_for(source: ModelSource, opts: EnsureOptions) -> dict[str, str]:
-    """Headers that must reach only the asked origin (http_client enforces the scoping)."""
-    creds = dict(opts.headers or {})
-    token = opts.bearer_token
-    if token is None and source.kind == "hf":
-        token = env_hf_token()
-    if token:
-        creds["Authorization"] = f"Bearer {token}"
-    return creds
 
 
 def _fetch(
@@ -68,93 +52,13 @@ def _fetch(
     conditional: CacheEntry | None = None,
     pins: Pins | None = None,
 ) -> FetchResult:
-    from .download import HttpDownloader
-    from .local_import import import_local_file
-    from .partfile import part_paths
+    def adopt(
+        src: ModelSource, where: Path, name: str | None, size: int | None
+    ) -> FetchResult | None:
+        return adopt_from_hub_cache(src, where, opts, emitter, name, size)
 
-    if source.kind == "path":
-        assert source.local_path is not None
-        part, _ = part_paths(directory, source.file_name)
-        return import_local_file(source.local_path, part, opts.sha256, emitter, opts.cancel)
-    url = source.resolve_url(opts.hf_endpoint)
-    creds = credentials_for(source, opts)
-    if source.kind != "hf":
-        downloader = HttpDownloader(url, creds, opts, emitter)
-        return downloader.fetch(directory, source.file_name, source.cache_key, conditional)
-    pins = pins if pins is not None else {}
-    return _fetch_from_hub(source, creds, directory, opts, emitter, conditional, pins)
-
-
-def _fetch_from_hub(
-    source: ModelSource,
-    creds: dict[str, str],
-    directory: Path,
-    opts: EnsureOptions,
-    emitter: ProgressEmitter,
-    conditional: CacheEntry | None,
-    pins: Pins,
-) -> FetchResult:
-    """Ask the hub for the file's SHA-256 (or git blob id) and commit first, then download
-    from that commit and verify."""
-    from .download import FetchResult, HttpDownloader
-    from .hf import head_hub_file
-    from .partfile import discard_part
-
-    assert source.repo_id is not None and source.revision is not None
-    pin = (source.repo_id, source.revision)
-    asked = pins.get(pin) or (source.revision if _COMMIT.match(source.revision) else None)
-    url = source.resolve_url(opts.hf_endpoint, asked)
-    probe = HttpDownloader(url, creds, opts, emitter)
-    info = probe.retrying(
-        lambda: head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel),
-        lambda: None,
-    )
-    if asked is not None and info.commit not in (None, asked):
-        raise DownloadError(
-            f"{source.display}: asked the hub for commit {asked}, it answered for {info.commit}"
-        )
-    if info.commit is not None:
-        pins[pin] = info.commit
-        # Everything from now on asks for this commit: a branch moving meanwhile (pushed
-        # to during a long download) can't slip another version into a retry or resume.
-        url = source.resolve_url(opts.hf_endpoint, info.commit)
-    expected = opts.sha256
-    if info.sha256 and expected and info.sha256 != expected:
-        raise IntegrityError(
-            f"{source.display}: the hub lists SHA-256 {info.sha256}, but {expected} was "
-            "pinned; check the revision or the pinned hash"
-        )
-    expected = expected or info.sha256
-    if conditional is not None and expected is not None and conditional.sha256 == expected:
-        return FetchResult.unchanged(conditional, commit=info.commit)
-    git_sha1 = info.git_sha1
-    if opts.git_sha1 is not None and git_sha1 not in (None, opts.git_sha1):
-        raise IntegrityError(
-            f"{source.display}: the hub names git blob {git_sha1}, but {opts.git_sha1} was "
-            "expected (the repository's file list); check the revision"
-        )
-    git_sha1 = git_sha1 or opts.git_sha1
-    name = expected or git_sha1
-    if name is not None:  # the hub named the content: a copy in the hub cache will do
-        adopted = adopt_from_hub_cache(source, directory, opts, emitter, name, info.size)
-        if adopted is not None:
-            return replace(adopted, commit=info.commit)
-    downloader = HttpDownloader(url, creds, opts.merged(sha256=expected), emitter, git_sha1)
-    result = downloader.fetch(
-        directory,
-        source.file_name,
-        source.cache_key,
-        conditional if expected is None else None,
-    )
-    if info.size is not None and result.bytes != info.size:
-        discard_part(directory, source.file_name)
-        raise IntegrityError(
-            f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
-        )
-    if result.not_modified:  # nothing was downloaded, so nothing new was verified
-        return replace(result, commit=info.commit)
-    # The downloader checked the bytes against git_sha1 (or failed): it may be recorded.
-    return replace(result, commit=info.commit, git_sha1=git_sha1)
+    fetcher = fetcher_for(source, opts, emitter, pins, adopt)
+    return fetcher.fetch(directory, conditional)
 
 
 def adopt_from_hub_cache(
@@ -168,7 +72,7 @@ def adopt_from_hub_cache(
     """Take the file from the Hugging Face cache instead of the network, if it is there and
     hashes right: by blob ``name`` (SHA-256 or git blob id) when the hub told us, else by
     ``refs/<revision>`` and the snapshot link, with no request at all."""
-    from .download import FetchResult
+    from .fetch.base import FetchResult
     from .hfcache import HubCacheRepo, hub_cache_setting
     from .partfile import discard_part, part_paths
 
@@ -506,7 +410,7 @@ def _tier(opts: EnsureOptions) -> RemoteTier | None:
     remote = opts.remote or env_remote()
     if not remote:
         return None
-    from .remote import RemoteTier
+    from .fetch.tier import RemoteTier
 
     if isinstance(remote, RemoteTier):
         return remote

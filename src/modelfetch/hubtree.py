@@ -209,7 +209,7 @@ def get_json(
     cancel: CancelToken | None = None,
 ) -> tuple[Any, str | None]:
     """One GET of a hub API URL: the parsed JSON body and the ``Link`` header."""
-    from .hf import hub_error  # the network stack: only loaded when the hub is asked
+    from .fetch.hub import hub_error  # the network stack: only loaded when the hub is asked
     from .http_client import open_url
 
     resp = open_url(

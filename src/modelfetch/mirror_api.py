@@ -24,7 +24,7 @@ from typing import Any
 
 from .cache import Cache
 from .errors import DownloadError, InvalidSourceError, ModelFetchError
-from .hf import HubApiError
+from .fetch.hub import HubApiError
 from .hfcache import HubCacheRepo, hub_cache_setting
 from .hubtree import RepoFile
 from .options import CachePolicy, EnsureOptions

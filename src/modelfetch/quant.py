@@ -108,7 +108,7 @@ def resolve(
             f"{source.display} was never resolved to a file on this machine and offline mode "
             "is on (or the policy is cache-only); resolve it once while online"
         )
-    from .hf import resolve_commit
+    from .fetch.hub import resolve_commit
 
     assert source.repo_id and source.revision
     endpoint = hf_endpoint(opts.hf_endpoint)

@@ -35,7 +35,7 @@ from .budget import ConnectionBudget
 from .cache import Cache, CacheEntry, VerifyResult
 from .cancel import CancelToken
 from .core.sidecar import FileStamp, MetadataError
-from .ensure import credentials_for, ensure_file, offline_for
+from .ensure import ensure_file, offline_for
 from .errors import (
     CacheMissError,
     CacheStorageError,
@@ -46,6 +46,7 @@ from .errors import (
     InvalidSourceError,
     ModelFetchError,
 )
+from .fetch.base import credentials_for
 from .fsutil import content_digests, hardlink_or_copy, read_regular_file, sha256_file, unlink_quiet
 from .hfcache import HubCacheRepo, hub_cache_setting
 from .hubtree import (
@@ -174,7 +175,7 @@ def _api(
     url: str, creds: dict[str, str], opts: EnsureOptions, emitter: ProgressEmitter
 ) -> tuple[Any, str | None]:
     """One hub API GET, with the same retries and back-off as a download."""
-    from .download import HttpDownloader
+    from .fetch.http import HttpDownloader
 
     retry = HttpDownloader(url, creds, opts, emitter)
     return retry.retrying(
@@ -208,8 +209,8 @@ def resolve_commit(
             f"{ref.display} was never resolved to a commit on this machine and offline mode "
             "is on (or the policy is cache-only); fetch it once while online"
         )
-    from .download import HttpDownloader
-    from .hf import resolve_commit as hub_resolve_commit
+    from .fetch.http import HttpDownloader
+    from .fetch.hub import resolve_commit as hub_resolve_commit
 
     endpoint = hf_endpoint(opts.hf_endpoint)
     creds = credentials_for(_as_hub_source(ref), opts)

@@ -33,6 +33,7 @@ from typing import Any
 from .cancel import CancelToken
 from .core.resume import PartState
 from .errors import CancelledError, DownloadError, IntegrityError
+from .fetch.tier import RemoteTier
 from .fsutil import lstat_regular, unlink_quiet
 from .lease import (
     MAX_DOC_BYTES,
@@ -49,7 +50,6 @@ from .lease import (
 )
 from .partfile import load_part_state, part_paths, save_part_state
 from .progress import ProgressEmitter
-from .remote import RemoteTier
 from .source import ModelSource
 
 log = logging.getLogger("modelfetch")

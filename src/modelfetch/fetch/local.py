@@ -5,14 +5,38 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .cancel import CancelToken
-from .download import FetchResult
-from .errors import CancelledError, DownloadError, IntegrityError, storage_error
-from .fsutil import clear_squatter, unlink_quiet
-from .progress import ProgressEmitter
-from .transfer import CHUNK
+from ..cancel import CancelToken
+from ..errors import CancelledError, DownloadError, IntegrityError, storage_error
+from ..fsutil import clear_squatter, unlink_quiet
+from ..partfile import part_paths
+from ..progress import ProgressEmitter
+from .engine import CHUNK
+
+if TYPE_CHECKING:
+    from ..cache import CacheEntry
+    from ..options import EnsureOptions
+    from ..source import ModelSource
+from .base import FetchResult
+
+
+@dataclass(frozen=True)
+class LocalFetcher:
+    """A local path: copied into the part file (never resumed: a copy is quick)."""
+
+    source: ModelSource
+    opts: EnsureOptions
+    emitter: ProgressEmitter
+
+    def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
+        assert self.source.local_path is not None
+        part, _ = part_paths(directory, self.source.file_name)
+        return import_local_file(
+            self.source.local_path, part, self.opts.sha256, self.emitter, self.opts.cancel
+        )
 
 
 def import_local_file(

@@ -38,13 +38,13 @@ from dataclasses import dataclass
 
 from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
-from .budget import ConnectionBudget
-from .cancel import CancelToken
-from .core.retry import RetryableError
-from .core.segments import Segment, SegmentTable, contiguous_frontier
-from .errors import CancelledError, DownloadError, ModelFetchError, storage_error
-from .fsutil import start_writeback
-from .http_client import Response
+from ..budget import ConnectionBudget
+from ..cancel import CancelToken
+from ..core.retry import RetryableError
+from ..core.segments import Segment, SegmentTable, contiguous_frontier
+from ..errors import CancelledError, DownloadError, ModelFetchError, storage_error
+from ..fsutil import start_writeback
+from ..http_client import Response
 
 CHUNK = 1024 * 1024  # read size for local copies and the default for tests
 # Measured on loopback (bench/run.py): one stream wants large reads to keep Python's
@@ -53,7 +53,7 @@ SINGLE_STREAM_CHUNK = 4 * 1024 * 1024
 PARALLEL_CHUNK = 2 * 1024 * 1024
 SPARE_BUFFERS = 4
 HASH_READ = 4 * 1024 * 1024
-STALL_SECONDS = 5.0
+STALL_SECONDS = 5.0  # the default of EnsureOptions.stall_seconds
 PERSIST_SECONDS = 1.0
 RAMP_SECONDS = 0.25
 FLUSH_SECONDS = 1.0  # a direct-I/O buffer is written out at least this often
@@ -141,6 +141,7 @@ class Transfer:
         low_speed: LowSpeed | None = None,
         budget: ConnectionBudget | None = None,
         on_hashed: Callable[[int, memoryview | bytes, int | None], None] | None = None,
+        stall_seconds: float = STALL_SECONDS,
     ) -> None:
         """``open_segment(start, end, stop)`` requests bytes [start, end) and checks the
         answer against exactly that range (the segment's end may move while it is in
@@ -157,6 +158,8 @@ class Transfer:
         self.connections = max(1, connections)
         # Connections beyond the first are granted by a budget shared with other downloads.
         self.budget = budget
+        # A connection silent this long has its remainder taken over by an idle worker.
+        self.stall_seconds = stall_seconds
         # None: all connections from the start. A rate (bytes/s): start with one stream and
         # add the others only if it delivers less than that after RAMP_SECONDS.
         self.ramp_below = ramp_below if self.connections > 1 else None
@@ -183,7 +186,7 @@ class Transfer:
 
     # -- bookkeeping (call with self.cond held) --------------------------------------------
     def _next_work(self) -> Segment | None:
-        return self.table.next_work(time.monotonic(), STALL_SECONDS)
+        return self.table.next_work(time.monotonic(), self.stall_seconds)
 
     def _ramp_up(self) -> int:
         """Split the largest remaining segment for new workers, as many as the shared budget

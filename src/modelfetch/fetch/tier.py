@@ -20,10 +20,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidSourceError
-from .lease import LEASE_NAME, MAX_DOC_BYTES
-from .options import env_s3_endpoint
-from .source import ModelSource
+from ..errors import InvalidSourceError
+from ..lease import LEASE_NAME, MAX_DOC_BYTES
+from ..options import env_s3_endpoint
+from ..source import ModelSource
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from .cache import CacheEntry
-from .cancel import CancelToken
-from .core.httpwire import REDIRECTS, origin_of, parse_retry_after, status_error
-from .core.resume import (
+from ..cache import CacheEntry
+from ..cancel import CancelToken
+from ..core.httpwire import REDIRECTS, origin_of, parse_retry_after, status_error
+from ..core.resume import (
     PartState,
     ResumePlan,
     judge_response,
@@ -41,7 +41,7 @@ from .core.resume import (
     plan_resume,
     validators_changed,
 )
-from .core.retry import (
+from ..core.retry import (
     GiveUp,
     Restart,
     RestartError,
@@ -52,15 +52,17 @@ from .core.retry import (
     Wait,
     decide,
 )
-from .core.segments import MIN_SPLIT, Segment, contiguous_frontier, split_segments
-from .errors import DownloadError, IntegrityError, storage_error
-from .fsutil import lstat_regular, unlink_quiet
-from .http_client import Response, open_url
-from .options import EnsureOptions
-from .partfile import discard_part, load_part_state, part_paths, part_size, save_part_state
-from .progress import ProgressEmitter
-from .redact import redact_url
-from .transfer import LowSpeed, RangeUnsupported, Transfer
+from ..core.segments import MIN_SPLIT, Segment, contiguous_frontier, split_segments
+from ..errors import DownloadError, IntegrityError, storage_error
+from ..fsutil import lstat_regular, unlink_quiet
+from ..http_client import Response, open_url
+from ..options import EnsureOptions
+from ..partfile import discard_part, load_part_state, part_paths, part_size, save_part_state
+from ..progress import ProgressEmitter
+from ..redact import redact_url
+from ..source import ModelSource
+from .base import FetchResult, credentials_for
+from .engine import LowSpeed, RangeUnsupported, Transfer
 
 PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
 # A redirect target (a presigned CDN URL) answering one of these has most likely expired:
@@ -71,25 +73,46 @@ MAX_LINK_REFRESHES = 1000
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class FetchResult:
-    sha256: str
-    bytes: int
-    etag: str | None
-    last_modified: str | None
-    not_modified: bool = False
-    commit: str | None = None  # the hub commit a Hugging Face revision resolved to
-    git_sha1: str | None = None  # a git-stored hub file's blob id, checked against the bytes
-
-    @classmethod
-    def unchanged(cls, entry: CacheEntry, commit: str | None = None) -> FetchResult:
-        """The origin confirmed the cached ``entry`` is current: nothing was downloaded."""
-        return cls(entry.sha256, entry.bytes, entry.etag, entry.last_modified, True, commit)
-
-
-# Write through O_DIRECT where the filesystem allows it (bench/run.py: on the reference
-# machine buffered writes plus fsync ran at 375 MB/s, direct writes at 1.8 GB/s).
-USE_DIRECT_IO = True
+def retrying(
+    opts: EnsureOptions,
+    emit: ProgressEmitter,
+    display: str,
+    attempt: Callable[[], T],
+    restarted: Callable[[Restart], None] = lambda _: None,
+) -> T:
+    """Run ``attempt`` until it succeeds, retrying transient failures with back-off: the
+    one retry loop of every request modelfetch sends (core/retry.py decides; this sleeps,
+    lets ``restarted`` discard what a restart distrusts, and reports)."""
+    policy = RetryPolicy(opts.max_retries, opts.retry_backoff, opts.max_backoff)
+    count = RetryCount()
+    cancel = opts.cancel
+    # Bounded: every pass returns, raises, or uses up one of the policy's budgets.
+    while True:
+        if cancel is not None:
+            cancel.check()
+        try:
+            return attempt()
+        except RangeUnsupported as exc:
+            error: Exception = exc
+            outcome: Restart | Retry = Restart(str(exc), single_stream=True)
+        except (RestartError, RetryableError) as exc:
+            error, outcome = exc, exc.outcome
+        draw = random.random()  # noqa: S311 - jitter, not security
+        count, step = decide(policy, count, outcome, draw)
+        if isinstance(outcome, Restart):
+            restarted(outcome)
+            emit.emit("restart", message=str(error))
+            if isinstance(step, GiveUp):
+                raise DownloadError(f"gave up on {display}: {error} ({step.reason})") from None
+            continue
+        if isinstance(step, GiveUp):
+            raise DownloadError(f"download of {display} {step.reason}: {error}") from None
+        assert isinstance(step, Wait)
+        emit.emit("retry", message=f"{error}; retrying in {step.seconds:.1f}s")
+        if cancel is not None:
+            cancel.sleep(step.seconds)
+        else:
+            time.sleep(step.seconds)
 
 
 def open_direct(part: Path) -> int | None:
@@ -101,6 +124,22 @@ def open_direct(part: Path) -> int | None:
         return os.open(part, os.O_WRONLY | flag | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
         return None  # tmpfs and some FUSE filesystems refuse O_DIRECT
+
+
+@dataclass(frozen=True)
+class UrlFetcher:
+    """An http(s) URL: one download, resumed and retried (credentials from the options)."""
+
+    source: ModelSource
+    opts: EnsureOptions
+    emitter: ProgressEmitter
+
+    def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
+        url = self.source.resolve_url(self.opts.hf_endpoint)
+        creds = credentials_for(self.source, self.opts)
+        downloader = HttpDownloader(url, creds, self.opts, self.emitter)
+        src = self.source
+        return downloader.fetch(directory, src.file_name, src.cache_key, conditional)
 
 
 class HttpDownloader:
@@ -141,42 +180,12 @@ class HttpDownloader:
         )
 
     def retrying(self, attempt: Callable[[], T], discard: Callable[[], None]) -> T:
-        """Run ``attempt`` until it succeeds, retrying transient failures with back-off
-        (core/retry.py decides; this loop sleeps, discards and reports)."""
-        policy = RetryPolicy(self.opts.max_retries, self.opts.retry_backoff, self.opts.max_backoff)
-        count = RetryCount()
-        cancel = self.opts.cancel
-        # Bounded: every pass either returns, raises, or uses up one of the policy's budgets.
-        while True:
-            if cancel is not None:
-                cancel.check()
-            try:
-                return attempt()
-            except RangeUnsupported as exc:
-                error: Exception = exc
-                outcome: Restart | Retry = Restart(str(exc), single_stream=True)
-            except (RestartError, RetryableError) as exc:
-                error, outcome = exc, exc.outcome
-            draw = random.random()  # noqa: S311 - jitter, not security
-            count, step = decide(policy, count, outcome, draw)
-            if isinstance(outcome, Restart):
-                if outcome.single_stream:
-                    self.single_only = True
-                discard()
-                self.emit.emit("restart", message=str(error))
-                if isinstance(step, GiveUp):
-                    raise DownloadError(
-                        f"gave up on {self.display}: {error} ({step.reason})"
-                    ) from None
-                continue
-            if isinstance(step, GiveUp):
-                raise DownloadError(f"download of {self.display} {step.reason}: {error}") from None
-            assert isinstance(step, Wait)
-            self.emit.emit("retry", message=f"{error}; retrying in {step.seconds:.1f}s")
-            if cancel is not None:
-                cancel.sleep(step.seconds)
-            else:
-                time.sleep(step.seconds)
+        def restarted(restart: Restart) -> None:
+            if restart.single_stream:
+                self.single_only = True
+            discard()
+
+        return retrying(self.opts, self.emit, self.display, attempt, restarted)
 
     # -- one attempt ------------------------------------------------------------------------
     def _attempt(
@@ -297,7 +306,7 @@ class HttpDownloader:
             if first is not None:
                 first[1].close()
             raise
-        direct_fd = open_direct(part) if USE_DIRECT_IO else None
+        direct_fd = open_direct(part) if self.opts.direct_io else None
         try:
             if first is not None:
                 self.emit.emit("start", contiguous_frontier(segments), state.total)
@@ -322,6 +331,7 @@ class HttpDownloader:
                 also_hash=git,
                 low_speed=LowSpeed(self.opts.low_speed_limit, self.opts.low_speed_time),
                 budget=self.opts.connection_budget,
+                stall_seconds=self.opts.stall_seconds,
             )
             digest, size = transfer.run(first)
         finally:

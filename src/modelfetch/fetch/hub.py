@@ -26,13 +26,23 @@ import json
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .cancel import CancelToken
-from .core.httpwire import parse_retry_after, status_error
-from .errors import DownloadError
-from .http_client import Response, open_url
-from .redact import redact_url
+from ..cancel import CancelToken
+from ..core.httpwire import parse_retry_after, status_error
+from ..errors import DownloadError, IntegrityError
+from ..http_client import Response, open_url
+from ..partfile import discard_part
+from ..redact import redact_url
+from .base import Adopter, FetchResult, Pins, credentials_for
+
+if TYPE_CHECKING:
+    from ..cache import CacheEntry
+    from ..options import EnsureOptions
+    from ..progress import ProgressEmitter
+    from ..source import ModelSource
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -181,3 +191,81 @@ def resolve_commit(
     if not isinstance(sha, str) or not _SHA1.match(sha):
         raise DownloadError(f"the hub did not say which commit {revision!r} of {repo_id} is")
     return sha
+
+
+@dataclass(frozen=True)
+class HubFetcher:
+    """A file of a Hugging Face repo: ask the hub for its SHA-256 (or git blob id) and
+    commit first, then download from that commit and verify. ``pins`` is shared by every
+    file of one ensure() call; ``adopt`` may take the file from the Hugging Face cache."""
+
+    source: ModelSource
+    opts: EnsureOptions
+    emitter: ProgressEmitter
+    pins: Pins
+    adopt: Adopter | None = None
+
+    def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
+        from .http import HttpDownloader, retrying
+
+        source, opts = self.source, self.opts
+        assert source.repo_id is not None and source.revision is not None
+        creds = credentials_for(source, opts)
+        pin = (source.repo_id, source.revision)
+        asked = self.pins.get(pin) or (source.revision if _SHA1.match(source.revision) else None)
+        url = source.resolve_url(opts.hf_endpoint, asked)
+        info = retrying(
+            opts,
+            self.emitter,
+            redact_url(url),
+            lambda: head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel),
+        )
+        if asked is not None and info.commit not in (None, asked):
+            raise DownloadError(
+                f"{source.display}: asked the hub for commit {asked}, it answered for {info.commit}"
+            )
+        if info.commit is not None:
+            self.pins[pin] = info.commit
+            # Everything from now on asks for this commit: a branch moving meanwhile (pushed
+            # to during a long download) can't slip another version into a retry or resume.
+            url = source.resolve_url(opts.hf_endpoint, info.commit)
+        expected = opts.sha256
+        if info.sha256 and expected and info.sha256 != expected:
+            raise IntegrityError(
+                f"{source.display}: the hub lists SHA-256 {info.sha256}, but {expected} was "
+                "pinned; check the revision or the pinned hash"
+            )
+        expected = expected or info.sha256
+        if conditional is not None and expected is not None and conditional.sha256 == expected:
+            return FetchResult.unchanged(conditional, commit=info.commit)
+        git_sha1 = info.git_sha1
+        if opts.git_sha1 is not None and git_sha1 not in (None, opts.git_sha1):
+            raise IntegrityError(
+                f"{source.display}: the hub names git blob {git_sha1}, but {opts.git_sha1} was "
+                "expected (the repository's file list); check the revision"
+            )
+        git_sha1 = git_sha1 or opts.git_sha1
+        name = expected or git_sha1
+        if name is not None and self.adopt is not None:
+            # The hub named the content: a copy in the hub cache will do.
+            adopted = self.adopt(source, directory, name, info.size)
+            if adopted is not None:
+                return replace(adopted, commit=info.commit)
+        downloader = HttpDownloader(
+            url, creds, opts.merged(sha256=expected), self.emitter, git_sha1
+        )
+        result = downloader.fetch(
+            directory,
+            source.file_name,
+            source.cache_key,
+            conditional if expected is None else None,
+        )
+        if info.size is not None and result.bytes != info.size:
+            discard_part(directory, source.file_name)
+            raise IntegrityError(
+                f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
+            )
+        if result.not_modified:  # nothing was downloaded, so nothing new was verified
+            return replace(result, commit=info.commit)
+        # The downloader checked the bytes against git_sha1 (or failed): it may be recorded.
+        return replace(result, commit=info.commit, git_sha1=git_sha1)

@@ -1,0 +1,89 @@
+"""The Fetcher protocol: one fetcher per kind of origin, chosen by ``fetcher_for``.
+
+A fetcher fills ``<entry>/<name>.part`` with a verified copy of its source and says what
+it got (FetchResult); promoting the part into the cache is the cache's job. ensure() only
+picks the fetcher, it never asks what kind of source it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ..options import env_hf_token
+
+if TYPE_CHECKING:
+    from ..cache import CacheEntry
+    from ..options import EnsureOptions
+    from ..progress import ProgressEmitter
+    from ..source import ModelSource
+
+# (repo id, revision) -> the commit it resolved to, for the rest of one ensure() call: the
+# shards of a split model, and the file a quantisation tag picked, all come from one commit.
+Pins = dict[tuple[str, str], str]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    sha256: str
+    bytes: int
+    etag: str | None
+    last_modified: str | None
+    not_modified: bool = False
+    commit: str | None = None  # the hub commit a Hugging Face revision resolved to
+    git_sha1: str | None = None  # a git-stored hub file's blob id, checked against the bytes
+
+    @classmethod
+    def unchanged(cls, entry: CacheEntry, commit: str | None = None) -> FetchResult:
+        """The origin confirmed the cached ``entry`` is current: nothing was downloaded."""
+        return cls(entry.sha256, entry.bytes, entry.etag, entry.last_modified, True, commit)
+
+
+# Takes a hub file from elsewhere on this machine (the Hugging Face cache) instead of the
+# network: (source, entry directory, content name or None, size or None) -> result or None.
+Adopter = Callable[["ModelSource", Path, "str | None", "int | None"], "FetchResult | None"]
+
+
+def credentials_for(source: ModelSource, opts: EnsureOptions) -> dict[str, str]:
+    """Headers that must reach only the asked origin (http_client enforces the scoping)."""
+    creds = dict(opts.headers or {})
+    token = opts.bearer_token
+    if token is None and source.kind == "hf":
+        token = env_hf_token()
+    if token:
+        creds["Authorization"] = f"Bearer {token}"
+    return creds
+
+
+class Fetcher(Protocol):
+    def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
+        """Fill the part file in ``directory``; with ``conditional`` (the cached entry), an
+        origin that confirms it is current yields ``FetchResult.unchanged``."""
+        ...
+
+
+def fetcher_for(
+    source: ModelSource,
+    opts: EnsureOptions,
+    emitter: ProgressEmitter,
+    pins: Pins | None = None,
+    adopt: Adopter | None = None,
+) -> Fetcher:
+    """The fetcher for ``source``'s kind of origin (imported here, not at module level: a
+    cache hit must not load the network stack)."""
+    from ..source import ModelSource as _Source
+
+    assert isinstance(source, _Source)
+    if source.kind == "path":
+        from .local import LocalFetcher
+
+        return LocalFetcher(source, opts, emitter)
+    if source.kind == "hf":
+        from .hub import HubFetcher
+
+        return HubFetcher(source, opts, emitter, pins if pins is not None else {}, adopt)
+    from .http import UrlFetcher
+
+    return UrlFetcher(source, opts, emitter)
