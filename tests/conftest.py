@@ -120,8 +120,8 @@ def copy_tree(src: Path, dst: Path) -> None:
 def part_progress(cache_dir: Path, url: str) -> int:
     """Contiguous bytes a part sidecar records as on disk (what a resume continues from)."""
     from modelfetch import ModelSource
+    from modelfetch.cache.part import load_part_state
     from modelfetch.core.segments import contiguous_frontier
-    from modelfetch.partfile import load_part_state
 
     src = ModelSource.parse(url)
     state_path = cache_dir / "entries" / src.entry_dir_name / (src.file_name + ".part.json")

@@ -17,7 +17,7 @@ import pytest
 import modelfetch
 from devtools.fault_server import FaultServer, Resource
 from modelfetch import Cache, DownloadError, ModelSource, ensure
-from modelfetch.partfile import load_part_state, part_paths
+from modelfetch.cache.part import load_part_state, part_paths
 
 from .conftest import sha256_of
 

@@ -8,7 +8,7 @@ import pytest
 
 from devtools.fault_server import FaultServer, Resource
 from modelfetch import EnsureOptions, ModelSource, ensure
-from modelfetch.partfile import load_part_state
+from modelfetch.cache.part import load_part_state
 
 KEY = "a" * 64
 

@@ -15,8 +15,8 @@ import pytest
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from modelfetch import DownloadError, EnsureOptions, ModelSource, ProgressEvent, ensure
+from modelfetch.cache.part import part_paths, save_part_state
 from modelfetch.core.resume import PartState
-from modelfetch.partfile import part_paths, save_part_state
 
 from .conftest import sha256_of
 

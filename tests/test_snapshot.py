@@ -33,8 +33,8 @@ from modelfetch import (
     snapshot_async,
 )
 from modelfetch.budget import ConnectionBudget
+from modelfetch.cache.sidecar import read_metadata
 from modelfetch.core.sidecar import FileStamp
-from modelfetch.sidecar_file import read_metadata
 from modelfetch.snapshot import list_snapshots, verify_snapshots
 
 REPO = "TheOrg/Tiny-LM"

@@ -18,8 +18,8 @@ import pytest
 from devtools.genmodel import random_bytes
 from devtools.hub_emulator import HubEmulator
 from modelfetch import ModelSource
+from modelfetch.cache.part import load_part_state
 from modelfetch.core.segments import contiguous_frontier
-from modelfetch.partfile import load_part_state
 
 REPO = "TheOrg/Tiny-LM"
 FILES = {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cache import Cache, CacheEntry
+from .cache.sets import assemble, siblings
 from .cancel import CancelToken
 from .errors import (
     CacheMissError,
@@ -26,7 +27,6 @@ from .errors import (
 from .fetch.base import Pins, credentials_for, fetcher_for
 from .options import CachePolicy, EnsureOptions, env_offline, env_remote
 from .progress import ProgressEmitter
-from .shards import assemble, siblings
 from .source import ModelSource
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -72,9 +72,9 @@ def adopt_from_hub_cache(
     """Take the file from the Hugging Face cache instead of the network, if it is there and
     hashes right: by blob ``name`` (SHA-256 or git blob id) when the hub told us, else by
     ``refs/<revision>`` and the snapshot link, with no request at all."""
+    from .cache.part import discard_part, part_paths
     from .fetch.base import FetchResult
     from .hfcache import HubCacheRepo, hub_cache_setting
-    from .partfile import discard_part, part_paths
 
     setting = hub_cache_setting(opts.hf_cache)
     if setting.root is None or source.kind != "hf" or source.hf_path is None:

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .cache import CacheEntry
+from .cache.part import discard_part, part_paths
 from .errors import CancelledError, DownloadError, IntegrityError, ModelFetchError
 from .fetch.base import FetchResult
 from .fetch.http import HttpDownloader
 from .fetch.tier import RemoteTier, TierObject
 from .lease import Held, Lease, Watch, decode_lease, new_token, owner_id, take, take_over
 from .options import EnsureOptions
-from .partfile import discard_part, part_paths
 from .progress import ProgressEmitter
 from .source import ModelSource
 from .tierstream import (

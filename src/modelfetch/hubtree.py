@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache.layout import REFS, TREES, Layout
 from .cancel import CancelToken
 from .core.sidecar import MAX_SIZE
 from .errors import DownloadError, InvalidSourceError, storage_error
 from .fsutil import atomic_write_bytes, read_regular_file
-from .layout import REFS, TREES, Layout
 from .redact import redact_url
 from .source import ModelSource
 

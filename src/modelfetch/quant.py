@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import re
 
+from .cache.layout import Layout
 from .errors import CacheMissError, DownloadError, InvalidSourceError
 from .hubtree import follow_pages, get_json, recall, remember, tree_url
-from .layout import Layout
 from .options import EnsureOptions, hf_endpoint
 from .source import ModelSource
 

@@ -33,6 +33,13 @@ from typing import Any
 
 from .budget import ConnectionBudget
 from .cache import Cache, CacheEntry, VerifyResult
+from .cache.layout import REFS, TREES, Layout
+from .cache.sets import SHARD
+from .cache.sidecar import read_metadata
+from .cache.snapdir import iter_snapshots, read_links
+from .cache.snapdir import list_snapshots as snapdir_list
+from .cache.snapdir import publish as publish_snapshot_dir
+from .cache.snapdir import remove as remove_snapshot_dir
 from .cancel import CancelToken
 from .core.sidecar import FileStamp, MetadataError
 from .ensure import ensure_file, offline_for
@@ -62,15 +69,8 @@ from .hubtree import (
     valid_repo_path,
     write_tree_file,
 )
-from .layout import REFS, TREES, Layout
 from .options import CachePolicy, EnsureOptions, hf_endpoint
 from .progress import ProgressCallback, ProgressEmitter, ProgressEvent
-from .shards import SHARD
-from .sidecar_file import read_metadata
-from .snapdir import iter_snapshots, read_links
-from .snapdir import list_snapshots as snapdir_list
-from .snapdir import publish as publish_snapshot_dir
-from .snapdir import remove as remove_snapshot_dir
 from .source import ModelSource, RepoRef
 
 # The download machinery (urllib3, the engine, asyncio) is imported where a download needs
@@ -374,7 +374,7 @@ def _reuse(
 ) -> CacheEntry | None:
     """Link an LFS file from another commit's entry with the same SHA-256, if there is one
     that is provably intact; None: let ``ensure`` find or fetch it."""
-    from .partfile import part_paths
+    from .cache.part import part_paths
 
     sha = f.lfs_sha256
     directory = cache.entry_dir(src)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache.part import load_part_state, part_paths, save_part_state
 from .cancel import CancelToken
 from .core.resume import PartState
 from .errors import CancelledError, DownloadError, IntegrityError
@@ -48,7 +49,6 @@ from .lease import (
     release,
     renew,
 )
-from .partfile import load_part_state, part_paths, save_part_state
 from .progress import ProgressEmitter
 from .source import ModelSource
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..cache import CacheEntry
+from ..cache.part import discard_part, load_part_state, part_paths, part_size, save_part_state
 from ..cancel import CancelToken
 from ..core.httpwire import REDIRECTS, origin_of, parse_retry_after, status_error
 from ..core.resume import (
@@ -57,7 +58,6 @@ from ..errors import DownloadError, IntegrityError, storage_error
 from ..fsutil import lstat_regular, unlink_quiet
 from ..http_client import Response, open_url
 from ..options import EnsureOptions
-from ..partfile import discard_part, load_part_state, part_paths, part_size, save_part_state
 from ..progress import ProgressEmitter
 from ..redact import redact_url
 from ..source import ModelSource

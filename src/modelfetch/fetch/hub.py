@@ -30,11 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cache.part import discard_part
 from ..cancel import CancelToken
 from ..core.httpwire import parse_retry_after, status_error
 from ..errors import DownloadError, IntegrityError
 from ..http_client import Response, open_url
-from ..partfile import discard_part
 from ..redact import redact_url
 from .base import Adopter, FetchResult, Pins, credentials_for
 

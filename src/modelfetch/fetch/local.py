@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..cache.part import part_paths
 from ..cancel import CancelToken
 from ..errors import CancelledError, DownloadError, IntegrityError, storage_error
 from ..fsutil import clear_squatter, unlink_quiet
-from ..partfile import part_paths
 from ..progress import ProgressEmitter
 from .engine import CHUNK
 

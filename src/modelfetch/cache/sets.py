@@ -18,10 +18,10 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidSourceError, storage_error
-from .fsutil import is_directory, remove_any
+from ..errors import InvalidSourceError, storage_error
+from ..fsutil import is_directory, remove_any
+from ..source import ModelSource
 from .layout import SETS, Layout
-from .source import ModelSource
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 MAX_SHARDS = 1000

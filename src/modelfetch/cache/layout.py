@@ -24,7 +24,7 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import CacheStorageError, CorruptCacheError, storage_error
+from ..errors import CacheStorageError, CorruptCacheError, storage_error
 
 ENTRIES, TRANSIENT, LOCKS, SETS, REFS = "entries", "transient", "locks", "sets", "refs"
 SNAPSHOTS, TREES = "snapshots", "trees"  # whole repositories (snapdir.py, hubtree.py)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .core.sidecar import (
+from ..core.sidecar import (
     MAX_METADATA_BYTES,
     METADATA_NAME,
     EntryMetadata,
@@ -17,7 +17,7 @@ from .core.sidecar import (
     parse_metadata,
     sidecar_bytes,
 )
-from .fsutil import atomic_write_bytes, read_regular_file
+from ..fsutil import atomic_write_bytes, read_regular_file
 
 
 def utc_now() -> str:

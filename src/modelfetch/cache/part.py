@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core.resume import (
+from ..core.resume import (
     MAX_PART_STATE,
     PART_STATE_SUFFIX,
     PART_SUFFIX,
@@ -15,7 +15,7 @@ from .core.resume import (
     parse_part_state,
     part_state_json,
 )
-from .fsutil import atomic_write_bytes, fsync_dir, lstat_regular, read_regular_file, unlink_quiet
+from ..fsutil import atomic_write_bytes, fsync_dir, lstat_regular, read_regular_file, unlink_quiet
 
 __all__ = [
     "PART_STATE_SUFFIX",

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import storage_error
-from .fsutil import fsync_dir, remove_any, temp_sibling
+from ..errors import storage_error
+from ..fsutil import fsync_dir, remove_any, temp_sibling
 from .layout import SNAPSHOTS, Layout
 
 MAX_WALK = 200_000  # links in one snapshot; a bound on walking a hostile tree
