@@ -29,12 +29,10 @@ from .cancel import CancelToken
 from .core.sidecar import MAX_SIZE
 from .errors import DownloadError, InvalidSourceError, storage_error
 from .fsutil import atomic_write_bytes, read_regular_file
-from .redact import redact_url
 from .source import ModelSource
 
 TREE_FORMAT_VERSION = 1  # huggingface_hub's _tree_cache.TREE_CACHE_FORMAT_VERSION
 MAX_PAGES = 200
-MAX_PAGE_BYTES = 32 * 1024 * 1024
 MAX_TREE_FILE_BYTES = 64 * 1024 * 1024
 MAX_FILES = 100_000
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -209,30 +207,9 @@ def get_json(
     cancel: CancelToken | None = None,
 ) -> tuple[Any, str | None]:
     """One GET of a hub API URL: the parsed JSON body and the ``Link`` header."""
-    from .fetch.hub import hub_error  # the network stack: only loaded when the hub is asked
-    from .http_client import open_url
+    from .fetch.hub import get_json as fetch_json  # the network stack: only when asked
 
-    resp = open_url(
-        url,
-        headers={"Accept": "application/json"},
-        credentials=creds,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        cancel=cancel,
-    )
-    try:
-        if resp.status != 200:
-            raise hub_error(resp, url)
-        body = resp.raw.read(MAX_PAGE_BYTES + 1, decode_content=True)
-        link = resp.header("Link")
-    finally:
-        resp.close()
-    if len(body) > MAX_PAGE_BYTES:
-        raise DownloadError(f"the hub's answer from {redact_url(url)} is implausibly large")
-    try:
-        return json.loads(body.decode("utf-8")), link
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise DownloadError(f"the hub sent unreadable JSON from {redact_url(url)}") from None
+    return fetch_json(url, creds, connect_timeout, read_timeout, cancel)
 
 
 def tree_url(endpoint: str, repo_id: str, revision: str) -> str:

@@ -100,7 +100,7 @@ def _publish(folder: Path, commit: str, files: Mapping[str, Path]) -> Path:
     wanted = {**have, **{p: Path(os.path.normpath(t)) for p, t in files.items()}}
     if have and have == wanted:
         return final  # already exactly this
-    import shutil  # publishing only; cache.py imports this module on every hit
+    import shutil  # publishing only; cache/store.py imports this module on every hit
 
     tmp = temp_sibling(final)
     tmp.mkdir()

@@ -14,10 +14,10 @@ this same response; ``416`` or a ``206`` that does not fit restarts from zero. T
 ``.part.json`` sidecar (the *checkpoint*) holds the validator across processes.
 
 Crash safety rests on one ordering rule: the checkpoint never claims a byte the part does not
-durably hold. Positions are recorded only after an ``fdatasync`` of the part (transfer.py),
+durably hold. Positions are recorded only after an ``fdatasync`` of the part (fetch/engine.py),
 and before a part is truncated or removed its checkpoint is replaced by one that claims
 nothing (or removed), durably, first. A ``kill -9`` at any instant leaves a state that is
-safe to resume. This module only decides; partfile.py reads and writes the files.
+safe to resume. This module only decides; cache/part.py reads and writes the files.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def plan_resume(
     size = contiguous_frontier(state.segment_list())
     if size == 0 or (state.total is not None and size >= state.total):
         # Nothing contiguous to continue from with one stream (or nothing left to ask
-        # for); the segments themselves may still be resumed (download.py decides).
+        # for); the segments themselves may still be resumed (fetch/http.py decides).
         return ResumePlan(0, {}, state)
     headers = {"Range": f"bytes={size}-"}
     if validator is not None:

@@ -64,6 +64,15 @@ class Fetcher(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SourceFetcher:
+    """What every fetcher holds: its source, the caller's options, where events go."""
+
+    source: ModelSource
+    opts: EnsureOptions
+    emitter: ProgressEmitter
+
+
 def fetcher_for(
     source: ModelSource,
     opts: EnsureOptions,

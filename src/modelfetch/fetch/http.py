@@ -1,7 +1,7 @@
 """Download an HTTP(S) file into ``<entry>/<name>.part``, hashing as it arrives, with retries.
 
-One *attempt* is: decide from the part sidecar what can be kept (resume.py), send one
-request (or, to resume several segments, one per segment), and let transfer.py fill the
+One *attempt* is: decide from the part sidecar what can be kept (core/resume.py), send one
+request (or, to resume several segments, one per segment), and let engine.py fill the
 part. A large file from a server that honours ranges is fetched over several connections:
 the first response keeps streaming segment 0 while the other segments are requested, so
 going parallel costs no extra round trip. Failures that are worth it are retried around
@@ -9,11 +9,11 @@ whole attempts, and every attempt resumes what the previous one left on disk.
 
 Every answer is checked before a byte of it is stored: the status, the Content-Range asked
 for at request time, the ETag of the first answer on every 206, and no Content-Encoding.
-A restart writes a checkpoint that claims nothing before the part is truncated (resume.py
+A restart writes a checkpoint that claims nothing before the part is truncated (core/resume.py
 explains why). A 200 to a range request whose validators differ from the first answer's
 means the file changed: start over, and probe for ranges again.
 
-Promotion of the finished part into the cache is the cache's job (cache.py), not ours.
+Promotion of the finished part into the cache is the cache's job (cache/store.py), not ours.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,8 +59,7 @@ from ..http_client import Response, open_url
 from ..options import EnsureOptions
 from ..progress import ProgressEmitter
 from ..redact import redact_url
-from ..source import ModelSource
-from .base import FetchResult, credentials_for
+from .base import FetchResult, SourceFetcher, credentials_for
 from .engine import LowSpeed, RangeUnsupported, Transfer
 
 PARALLEL_MIN_BYTES = 2 * MIN_SPLIT
@@ -126,13 +124,8 @@ def open_direct(part: Path) -> int | None:
         return None  # tmpfs and some FUSE filesystems refuse O_DIRECT
 
 
-@dataclass(frozen=True)
-class UrlFetcher:
+class UrlFetcher(SourceFetcher):
     """An http(s) URL: one download, resumed and retried (credentials from the options)."""
-
-    source: ModelSource
-    opts: EnsureOptions
-    emitter: ProgressEmitter
 
     def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
         url = self.source.resolve_url(self.opts.hf_endpoint)

@@ -26,9 +26,10 @@ import json
 import re
 import time
 import urllib.parse
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..cache.part import discard_part
 from ..cancel import CancelToken
@@ -36,13 +37,10 @@ from ..core.httpwire import parse_retry_after, status_error
 from ..errors import DownloadError, IntegrityError
 from ..http_client import Response, open_url
 from ..redact import redact_url
-from .base import Adopter, FetchResult, Pins, credentials_for
+from .base import Adopter, FetchResult, Pins, SourceFetcher, credentials_for
 
 if TYPE_CHECKING:
     from ..cache import CacheEntry
-    from ..options import EnsureOptions
-    from ..progress import ProgressEmitter
-    from ..source import ModelSource
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SHA1 = re.compile(r"^[0-9a-f]{40}$")
@@ -154,6 +152,49 @@ def head_hub_file(
         resp.close()
 
 
+def _api_get(
+    url: str,
+    creds: Mapping[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    cancel: CancelToken | None,
+) -> tuple[bytes | None, str | None]:
+    """One GET of a hub API URL: its body (None if implausibly large) and ``Link`` header."""
+    resp = open_url(
+        url,
+        headers={"Accept": "application/json"},
+        credentials=creds,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        cancel=cancel,
+    )
+    try:
+        if resp.status != 200:
+            raise hub_error(resp, url)
+        body = resp.raw.read(MAX_INFO_BYTES + 1, decode_content=True)
+        link = resp.header("Link")
+    finally:
+        resp.close()
+    return (body if len(body) <= MAX_INFO_BYTES else None), link
+
+
+def get_json(
+    url: str,
+    creds: Mapping[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    cancel: CancelToken | None = None,
+) -> tuple[Any, str | None]:
+    """One GET of a hub API URL: the parsed JSON body and the ``Link`` header."""
+    body, link = _api_get(url, creds, connect_timeout, read_timeout, cancel)
+    if body is None:
+        raise DownloadError(f"the hub's answer from {redact_url(url)} is implausibly large")
+    try:
+        return json.loads(body.decode("utf-8")), link
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise DownloadError(f"the hub sent unreadable JSON from {redact_url(url)}") from None
+
+
 def resolve_commit(
     endpoint: str,
     repo_id: str,
@@ -169,22 +210,9 @@ def resolve_commit(
         return revision
     rev = urllib.parse.quote(revision, safe="")
     url = f"{endpoint.rstrip('/')}/api/models/{repo_id}/revision/{rev}"
-    resp = open_url(
-        url,
-        headers={"Accept": "application/json"},
-        credentials=credentials,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        cancel=cancel,
-    )
+    body, _ = _api_get(url, credentials, connect_timeout, read_timeout, cancel)
     try:
-        if resp.status != 200:
-            raise hub_error(resp, url)
-        body = resp.raw.read(MAX_INFO_BYTES + 1, decode_content=True)
-    finally:
-        resp.close()
-    try:
-        doc = json.loads(body.decode("utf-8")) if len(body) <= MAX_INFO_BYTES else None
+        doc = json.loads(body.decode("utf-8")) if body is not None else None
     except (UnicodeDecodeError, ValueError, RecursionError):
         doc = None
     sha = doc.get("sha") if isinstance(doc, dict) else None
@@ -194,15 +222,12 @@ def resolve_commit(
 
 
 @dataclass(frozen=True)
-class HubFetcher:
+class HubFetcher(SourceFetcher):
     """A file of a Hugging Face repo: ask the hub for its SHA-256 (or git blob id) and
     commit first, then download from that commit and verify. ``pins`` is shared by every
     file of one ensure() call; ``adopt`` may take the file from the Hugging Face cache."""
 
-    source: ModelSource
-    opts: EnsureOptions
-    emitter: ProgressEmitter
-    pins: Pins
+    pins: Pins = field(default_factory=dict)
     adopt: Adopter | None = None
 
     def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,18 +17,11 @@ from .engine import CHUNK
 
 if TYPE_CHECKING:
     from ..cache import CacheEntry
-    from ..options import EnsureOptions
-    from ..source import ModelSource
-from .base import FetchResult
+from .base import FetchResult, SourceFetcher
 
 
-@dataclass(frozen=True)
-class LocalFetcher:
+class LocalFetcher(SourceFetcher):
     """A local path: copied into the part file (never resumed: a copy is quick)."""
-
-    source: ModelSource
-    opts: EnsureOptions
-    emitter: ProgressEmitter
 
     def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
         assert self.source.local_path is not None
