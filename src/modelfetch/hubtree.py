@@ -19,13 +19,12 @@ import hashlib
 import json
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .cache.layout import REFS, TREES, Layout
-from .cancel import CancelToken
 from .core.sidecar import MAX_SIZE
 from .errors import DownloadError, InvalidSourceError, storage_error
 from .fsutil import atomic_write_bytes, read_regular_file
@@ -198,20 +197,7 @@ def cached_tree_path(layout: Layout, repo_id: str, commit: str) -> Path:
     return layout.path(TREES) / repo_dir_name(repo_id) / f"{commit}.json"
 
 
-# -- the hub API ----------------------------------------------------------------------------
-def get_json(
-    url: str,
-    creds: Mapping[str, str],
-    connect_timeout: float,
-    read_timeout: float,
-    cancel: CancelToken | None = None,
-) -> tuple[Any, str | None]:
-    """One GET of a hub API URL: the parsed JSON body and the ``Link`` header."""
-    from .fetch.hub import get_json as fetch_json  # the network stack: only when asked
-
-    return fetch_json(url, creds, connect_timeout, read_timeout, cancel)
-
-
+# -- the hub API (GETs: fetch/hub.get_json) ------------------------------------------------
 def tree_url(endpoint: str, repo_id: str, revision: str) -> str:
     rev = urllib.parse.quote(revision, safe="")
     return f"{endpoint}/api/models/{repo_id}/tree/{rev}?recursive=true"

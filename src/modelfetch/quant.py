@@ -18,7 +18,7 @@ import re
 
 from .cache.layout import Layout
 from .errors import CacheMissError, DownloadError, InvalidSourceError
-from .hubtree import follow_pages, get_json, recall, remember, tree_url
+from .hubtree import follow_pages, recall, remember, tree_url
 from .options import EnsureOptions, hf_endpoint
 from .source import ModelSource
 
@@ -57,6 +57,8 @@ def list_repo_files(
     source: ModelSource, opts: EnsureOptions, creds: dict[str, str], commit: str
 ) -> list[str]:
     """Every file path of the repo at ``commit`` (an immutable listing, however paged)."""
+    from .fetch.hub import get_json  # the network stack: only when the hub is asked
+
     assert source.repo_id
     url = tree_url(hf_endpoint(opts.hf_endpoint), source.repo_id, commit)
     paths: list[str] = []

@@ -60,7 +60,6 @@ from .hubtree import (
     COMMIT,
     RepoFile,
     cached_tree_path,
-    get_json,
     list_tree_pages,
     read_tree_file,
     recall,
@@ -175,12 +174,15 @@ def _api(
     url: str, creds: dict[str, str], opts: EnsureOptions, emitter: ProgressEmitter
 ) -> tuple[Any, str | None]:
     """One hub API GET, with the same retries and back-off as a download."""
-    from .fetch.http import HttpDownloader
+    from .fetch.http import retrying
+    from .fetch.hub import get_json
+    from .redact import redact_url
 
-    retry = HttpDownloader(url, creds, opts, emitter)
-    return retry.retrying(
+    return retrying(
+        opts,
+        emitter,
+        redact_url(url),
         lambda: get_json(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel),
-        lambda: None,
     )
 
 
@@ -209,13 +211,16 @@ def resolve_commit(
             f"{ref.display} was never resolved to a commit on this machine and offline mode "
             "is on (or the policy is cache-only); fetch it once while online"
         )
-    from .fetch.http import HttpDownloader
+    from .fetch.http import retrying
     from .fetch.hub import resolve_commit as hub_resolve_commit
+    from .redact import redact_url
 
     endpoint = hf_endpoint(opts.hf_endpoint)
     creds = credentials_for(_as_hub_source(ref), opts)
-    retry = HttpDownloader(endpoint, creds, opts, emitter)  # the download's retry rules
-    commit = retry.retrying(
+    commit = retrying(  # the download's retry rules
+        opts,
+        emitter,
+        redact_url(endpoint),
         lambda: hub_resolve_commit(
             endpoint,
             ref.repo_id,
@@ -225,7 +230,6 @@ def resolve_commit(
             opts.read_timeout,
             cancel=opts.cancel,
         ),
-        lambda: None,
     )
     remember(layout, _revision_identity(ref), commit=commit)
     return commit
