@@ -25,7 +25,7 @@ from .errors import (
     ReadOnlyCacheError,
 )
 from .fetch.base import Pins, credentials_for, fetcher_for
-from .options import CachePolicy, EnsureOptions, env_offline, env_remote
+from .options import CachePolicy, EnsureOptions, env_hf_cache_setting, env_offline, env_remote
 from .progress import ProgressEmitter
 from .source import ModelSource
 
@@ -144,7 +144,7 @@ def ensure_file(src: ModelSource, opts: EnsureOptions) -> CacheEntry:
 
 
 def _publish_wanted(opts: EnsureOptions) -> bool:
-    if opts.hf_cache is None and not os.environ.get("MODELFETCH_HF_CACHE", "").strip():
+    if opts.hf_cache is None and env_hf_cache_setting() is None:
         return False  # the usual case, decided without loading hfcache
     from .hfcache import hub_cache_setting
 

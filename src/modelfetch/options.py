@@ -10,6 +10,7 @@ import enum
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -163,9 +164,10 @@ class EnsureOptions:
 
     def _check_remote(self) -> None:
         if self.remote is not None and not isinstance(self.remote, str):
-            from .fetch.tier import RemoteTier  # only then: options must stay cheap to make
-
-            if not isinstance(self.remote, RemoteTier):
+            # A RemoteTier instance means its module is loaded: look it up rather than
+            # import it (options sits below fetch/, and must stay cheap to make).
+            tier = sys.modules.get("modelfetch.fetch.tier")
+            if tier is None or not isinstance(self.remote, tier.RemoteTier):
                 raise InvalidSourceError("remote must be an s3://bucket/prefix URL or a RemoteTier")
         ttl = self.remote_lease_ttl
         if not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or not 1 <= ttl <= 600:
