@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from modelfetch import InvalidSourceError, ModelSource
+from modelfetch.source import HubTag
 
 
 def test_hf_reference_parses_with_default_revision() -> None:
@@ -168,7 +169,8 @@ def test_cache_key_is_sha256_of_identity() -> None:
 
 def test_repo_with_quant_tag() -> None:
     s = ModelSource.parse("hf://o/r@v2:q4_k_m")
-    assert (s.repo_id, s.revision, s.quant, s.hf_path) == ("o/r", "v2", "q4_k_m", None)
+    assert isinstance(s, HubTag) and not hasattr(s, "hf_path")  # a tag names no file yet
+    assert (s.repo_id, s.revision, s.quant) == ("o/r", "v2", "q4_k_m")
     assert s.cache_key == ModelSource.parse("hf://o/r@v2:Q4_K_M").cache_key  # tag case-free
     assert ModelSource.parse("hf://o/r").quant == "Q4_K_M"  # llama.cpp's default
     with pytest.raises(InvalidSourceError):

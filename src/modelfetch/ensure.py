@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from .cache import Cache, CacheEntry
 from .cache.sets import assemble, siblings
@@ -27,7 +27,7 @@ from .errors import (
 from .fetch.base import Pins, credentials_for, fetcher_for
 from .options import CachePolicy, EnsureOptions, env_hf_cache_setting, env_offline, env_remote
 from .progress import ProgressEmitter
-from .source import ModelSource
+from .source import HubFile, HubTag, ModelSource, PathSource
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -52,9 +52,7 @@ def _fetch(
     conditional: CacheEntry | None = None,
     pins: Pins | None = None,
 ) -> FetchResult:
-    def adopt(
-        src: ModelSource, where: Path, name: str | None, size: int | None
-    ) -> FetchResult | None:
+    def adopt(src: HubFile, where: Path, name: str | None, size: int | None) -> FetchResult | None:
         return adopt_from_hub_cache(src, where, opts, emitter, name, size)
 
     fetcher = fetcher_for(source, opts, emitter, pins, adopt)
@@ -62,7 +60,7 @@ def _fetch(
 
 
 def adopt_from_hub_cache(
-    source: ModelSource,
+    source: HubFile,
     directory: Path,
     opts: EnsureOptions,
     emitter: ProgressEmitter,
@@ -77,9 +75,8 @@ def adopt_from_hub_cache(
     from .hfcache import HubCacheRepo, hub_cache_setting
 
     setting = hub_cache_setting(opts.hf_cache)
-    if setting.root is None or source.kind != "hf" or source.hf_path is None:
+    if setting.root is None:
         return None
-    assert source.repo_id and source.revision
     repo = HubCacheRepo(setting.root, source.repo_id)
     commit = None
     if name is None:
@@ -125,15 +122,16 @@ def ensure(
     src = ModelSource.coerce(source)
     cache = Cache(opts.cache_dir)
     pins: Pins = {}
-    if src.quant is not None:
+    if isinstance(src, HubTag):
         offline = offline_for(src) or opts.policy is CachePolicy.CACHE_ONLY
         src = _resolve_tag(src, opts, cache, offline, pins)
     group = _shard_group(src, opts)
     sources = group or [src]
     entries = [_ensure_one(one, opts, cache, pins) for one in sources]
-    if src.kind == "hf" and _publish_wanted(opts):
+    if isinstance(src, HubFile) and _publish_wanted(opts):
         for one, entry in zip(sources, entries, strict=True):
-            _publish_file(cache, one, entry, opts, pins)
+            if isinstance(one, HubFile):  # a hub file's shards are hub files
+                _publish_file(cache, one, entry, opts, pins)
     return _with_set(cache, src, group, entries) if group else entries[0]
 
 
@@ -151,10 +149,9 @@ def _publish_wanted(opts: EnsureOptions) -> bool:
     return hub_cache_setting(opts.hf_cache).publish
 
 
-def _hub_file(src: ModelSource, entry: CacheEntry) -> tuple[str, str] | None:
+def _hub_file(src: HubFile, entry: CacheEntry) -> tuple[str, str] | None:
     """(commit, blob name) of an hf:// entry in the Hugging Face cache: the blob is named as
     the hub's ETag names the file (git blob id or SHA-256). None: the commit is unknown."""
-    assert src.revision is not None
     commit = entry.commit or (src.revision if _COMMIT.match(src.revision) else None)
     return None if commit is None else (commit, entry.git_sha1 or entry.sha256)
 
@@ -166,19 +163,20 @@ def _published(sources: list[ModelSource], entries: list[CacheEntry], opts: Ensu
 
     root = hub_cache_setting(opts.hf_cache).root
     for src, entry in zip(sources, entries, strict=True):
+        if root is None or not isinstance(src, HubFile):
+            return False
         found = _hub_file(src, entry)
-        if root is None or found is None or not src.repo_id or not src.hf_path:
+        if found is None:
             return False
         commit, name = found
         repo = HubCacheRepo(root, src.repo_id)
-        assert src.revision is not None
         if not repo.holds(commit, src.revision, src.hf_path, name, entry.path, move_ref=False):
             return False
     return True
 
 
 def _publish_file(
-    cache: Cache, src: ModelSource, entry: CacheEntry, opts: EnsureOptions, pins: Pins
+    cache: Cache, src: HubFile, entry: CacheEntry, opts: EnsureOptions, pins: Pins
 ) -> None:
     """Publish one verified hf:// file: blob, ``snapshots/<commit>/<path>`` link and
     ``refs/<revision>``, but no ``trees/<commit>.json``: a listing claims the whole commit,
@@ -186,7 +184,7 @@ def _publish_file(
     from .hfcache import HubCacheRepo, hub_cache_setting
 
     root = hub_cache_setting(opts.hf_cache).root
-    assert root is not None and src.repo_id and src.revision and src.hf_path
+    assert root is not None
     found = _hub_file(src, entry)
     if found is None:
         ProgressEmitter(opts.progress, src.display).emit(
@@ -225,7 +223,7 @@ def quick_hit(
     opts = options if options is not None else EnsureOptions()
     src = ModelSource.coerce(source)
     cache = Cache(opts.cache_dir)
-    if src.quant is not None:
+    if isinstance(src, HubTag):
         try:
             src = _resolve_tag(src, opts, cache, offline=True, pins={})
         except CacheMissError:
@@ -235,7 +233,11 @@ def quick_hit(
     entries = [hit for hit in hits if hit is not None]
     if len(entries) != len(hits):
         return None
-    if src.kind == "hf" and _publish_wanted(opts) and not _published(group or [src], entries, opts):
+    if (
+        isinstance(src, HubFile)
+        and _publish_wanted(opts)
+        and not _published(group or [src], entries, opts)
+    ):
         return None  # ensure publishes it
     for entry, shard in zip(entries, group or [src], strict=True):
         ProgressEmitter(opts.progress, shard.display).emit("cache_hit", entry.bytes, entry.bytes)
@@ -243,8 +245,8 @@ def quick_hit(
 
 
 def _resolve_tag(
-    src: ModelSource, opts: EnsureOptions, cache: Cache, offline: bool, pins: Pins
-) -> ModelSource:
+    src: HubTag, opts: EnsureOptions, cache: Cache, offline: bool, pins: Pins
+) -> HubFile:
     """hf://owner/repo:TAG -> the file it names (remembered under refs/, or listed)."""
     from .quant import resolve as resolve_quant
 
@@ -353,7 +355,11 @@ def _ensure_locked(
         logging.getLogger("modelfetch").debug("fetching %s into %s", src.display, directory)
         tier = _tier(opts)
         outcome = None
-        if tier is not None and policy is not CachePolicy.REFRESH and src.kind != "path":
+        if (
+            tier is not None
+            and policy is not CachePolicy.REFRESH
+            and not isinstance(src, PathSource)
+        ):
             from . import fleet
 
             outcome = fleet.fetch(
@@ -380,9 +386,9 @@ def _ensure_locked(
     return replace(entry, via=via)
 
 
-def _may_adopt(src: ModelSource, opts: EnsureOptions) -> bool:
+def _may_adopt(src: ModelSource, opts: EnsureOptions) -> TypeGuard[HubFile]:
     """Cheap test: could the hub cache hold this file (before taking locks for it)?"""
-    if src.kind != "hf" or src.repo_id is None:
+    if not isinstance(src, HubFile):
         return False
     from .hfcache import HubCacheRepo, hub_cache_setting
 
@@ -456,7 +462,7 @@ def _ensure_transient(
 
 def offline_for(src: ModelSource) -> bool:
     """MODELFETCH_OFFLINE makes every call cache-only; HF_HUB_OFFLINE does so for hf://."""
-    return env_offline(hub=src.kind == "hf")
+    return env_offline(hub=isinstance(src, HubFile | HubTag))
 
 
 def _miss_message(src: ModelSource) -> str:

@@ -57,7 +57,7 @@ from .errors import CacheMissError, DownloadError, InvalidSourceError, ModelFetc
 from .mirror_api import PAGE_SIZE, MirrorApi
 from .options import CachePolicy, EnsureOptions
 from .redact import REDACTED, printable
-from .source import ModelSource
+from .source import HubFile, ModelSource
 
 log = logging.getLogger("modelfetch.mirror")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
@@ -74,11 +74,10 @@ def synthetic_commit(repo_id: str, revision: str) -> str:
     ).hexdigest()
 
 
-def served_commit(entry: CacheEntry, source: ModelSource | None) -> str:
+def served_commit(entry: CacheEntry, source: HubFile) -> str:
     """What X-Repo-Commit says for ``entry``: the hub's commit, else a stable stand-in."""
     if entry.commit is not None:
         return entry.commit
-    assert source is not None and source.repo_id and source.revision
     if re.fullmatch(r"[0-9a-f]{40}", source.revision):
         return source.revision
     return synthetic_commit(source.repo_id, source.revision)
@@ -215,23 +214,22 @@ class MirrorServer:
         # (repo, path, commit) -> the source an entry holding that commit was cached under.
         # Clients resolve a branch once, then ask for /resolve/<commit>/ (modelfetch and
         # snapshot_download do): that must be a hit on the entry cached for the branch.
-        self._by_commit: dict[tuple[str, str, str], ModelSource] = {}
+        self._by_commit: dict[tuple[str, str, str], HubFile] = {}
         self._by_commit_lock = threading.Lock()
 
-    def _remember(self, source: ModelSource, entry: CacheEntry) -> str:
+    def _remember(self, source: HubFile, entry: CacheEntry) -> str:
         """The commit we tell clients ``entry`` is at, indexed for their pinned requests."""
         commit = served_commit(entry, source)
-        if source.repo_id and source.hf_path:
-            with self._by_commit_lock:
-                self._by_commit[(source.repo_id, source.hf_path, commit)] = source
+        with self._by_commit_lock:
+            self._by_commit[(source.repo_id, source.hf_path, commit)] = source
         return commit
 
-    def _cached_at_commit(self, source: ModelSource) -> CacheEntry | None:
+    def _cached_at_commit(self, source: HubFile) -> CacheEntry | None:
         """A cached entry of ``source``'s file at the commit its revision names, also one
         cached under a branch name; a plain hit otherwise."""
         entry = self.cache.lookup_fast(source, None)
         revision, repo_id, path = source.revision, source.repo_id, source.hf_path
-        if entry is not None or not (revision and repo_id and path):
+        if entry is not None:
             return entry
         if not re.fullmatch(r"[0-9a-f]{40}", revision):
             return None
@@ -239,17 +237,21 @@ class MirrorServer:
             known = self._by_commit.get((repo_id, path, revision))
         if known is None:
             known = self._find_at_commit(repo_id, path, revision)
-        entry = self.cache.lookup_fast(known, None) if known is not None else None
+        if known is None:
+            return None
+        entry = self.cache.lookup_fast(known, None)
         return entry if entry is not None and served_commit(entry, known) == revision else None
 
-    def _find_at_commit(self, repo_id: str, path: str, commit: str) -> ModelSource | None:
+    def _find_at_commit(self, repo_id: str, path: str, commit: str) -> HubFile | None:
         """Scan the cache (entries made before this mirror started, or by other processes)."""
         for entry in self.cache.list():
             if entry.source_kind != "hf" or entry.transient:
                 continue
             try:
-                source = ModelSource.parse(entry.source)
+                source = ModelSource.parse(entry.source)  # hostile: any variant
             except InvalidSourceError:
+                continue
+            if not isinstance(source, HubFile):
                 continue
             same_file = (source.repo_id, source.hf_path) == (repo_id, path)
             if same_file and self._remember(source, entry) == commit:
@@ -437,7 +439,7 @@ class MirrorServer:
             left -= sent
 
     # -- routes -----------------------------------------------------------------------------
-    def _resolve_source(self, target: str) -> ModelSource | Reply | None:
+    def _resolve_source(self, target: str) -> HubFile | Reply | None:
         """The source a resolve route names (or a 400), None for the other routes."""
         parts = urllib.parse.urlsplit(target).path.split("/")
         if not (len(parts) >= 6 and parts[3] == "resolve"):
@@ -450,7 +452,7 @@ class MirrorServer:
         except InvalidSourceError as exc:
             return text_reply(400, f"{exc}\n")
 
-    async def _entry_for(self, source: ModelSource) -> CacheEntry | Reply:
+    async def _entry_for(self, source: HubFile) -> CacheEntry | Reply:
         """A verified entry: a cached one at once, else one pull from the upstream that all
         the clients asking for this file share."""
         loop = asyncio.get_running_loop()
@@ -496,7 +498,7 @@ class MirrorServer:
         answer = self.api.handle(path, urllib.parse.urlsplit(request.target).query, host)
         return Reply(answer.status, answer.headers, answer.body)
 
-    def _entry_reply(self, request: Request, entry: CacheEntry, source: ModelSource) -> Reply:
+    def _entry_reply(self, request: Request, entry: CacheEntry, source: HubFile) -> Reply:
         extra = {"X-Repo-Commit": self._remember(source, entry)}
         if entry.git_sha1 is not None:
             # A git-stored file, answered as the hub's /api/resolve-cache/ does.

@@ -20,7 +20,7 @@ from .cache.layout import Layout
 from .errors import CacheMissError, DownloadError, InvalidSourceError
 from .hubtree import follow_pages, recall, remember, tree_url
 from .options import EnsureOptions, hf_endpoint
-from .source import ModelSource
+from .source import HubFile, HubTag
 
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
@@ -54,12 +54,11 @@ def _quants_in(paths: list[str]) -> list[str]:
 
 
 def list_repo_files(
-    source: ModelSource, opts: EnsureOptions, creds: dict[str, str], commit: str
+    source: HubTag, opts: EnsureOptions, creds: dict[str, str], commit: str
 ) -> list[str]:
     """Every file path of the repo at ``commit`` (an immutable listing, however paged)."""
     from .fetch.hub import get_json  # the network stack: only when the hub is asked
 
-    assert source.repo_id
     url = tree_url(hf_endpoint(opts.hf_endpoint), source.repo_id, commit)
     paths: list[str] = []
     for items in follow_pages(
@@ -79,29 +78,27 @@ def list_repo_files(
     return paths
 
 
-def read_ref(layout: Layout, source: ModelSource) -> ModelSource | None:
+def read_ref(layout: Layout, source: HubTag) -> HubFile | None:
     """The remembered resolution of a tag, treated as hostile input like any sidecar."""
     doc = recall(layout, source.identity)
     if doc is None:
         return None
     try:
-        assert source.repo_id and source.revision
-        return ModelSource.huggingface(source.repo_id, str(doc.get("path")), source.revision)
+        return source.file(str(doc.get("path")))
     except InvalidSourceError:
         return None
 
 
 def resolve(
-    source: ModelSource,
+    source: HubTag,
     opts: EnsureOptions,
     layout: Layout,
     creds: dict[str, str],
     offline: bool,
     pins: dict[tuple[str, str], str],
-) -> ModelSource:
+) -> HubFile:
     """Turn ``hf://owner/repo:QUANT`` into the concrete file source; when the hub was asked,
     record in ``pins`` the commit the listing came from, for the download to use."""
-    assert source.quant is not None
     remembered = read_ref(layout, source)
     if remembered is not None and (offline or opts.policy.value != "refresh"):
         return remembered
@@ -112,7 +109,6 @@ def resolve(
         )
     from .fetch.hub import resolve_commit
 
-    assert source.repo_id and source.revision
     endpoint = hf_endpoint(opts.hf_endpoint)
     commit = resolve_commit(
         endpoint,
@@ -130,7 +126,7 @@ def resolve(
         raise InvalidSourceError(
             f"{source.repo_id} has no GGUF file tagged {source.quant}; tags found: {available}"
         )
-    resolved = ModelSource.huggingface(source.repo_id, chosen, source.revision)
+    resolved = source.file(chosen)
     pins[(source.repo_id, source.revision)] = commit
     remember(layout, source.identity, path=chosen)
     return resolved

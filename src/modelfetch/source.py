@@ -1,16 +1,20 @@
 """ModelSource: where a model file comes from, parsed and validated once.
 
-The rules (canonical identity, cache key, what a repo id, revision or path may hold) are
-pure and live in core/identity.py; this class builds on them, and resolves local paths
-against the filesystem.
+A source is one of four frozen variants (a tagged union under the common base
+ModelSource): PathSource, UrlSource, HubFile and HubTag, each carrying only its own fields;
+callers dispatch on the variant. The rules (canonical identity, cache key, what a repo id,
+revision or path may hold) are pure and live in core/identity.py; the variants build on
+them, and ModelSource.path resolves local paths against the filesystem.
 """
 
 from __future__ import annotations
 
 import os
 import urllib.parse
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from . import options
 from .core.identity import (
@@ -33,31 +37,54 @@ from .core.identity import (
 from .errors import InvalidSourceError
 from .redact import redact_url
 
-__all__ = ["DEFAULT_HF_ENDPOINT", "DEFAULT_QUANT", "ModelSource", "SourceKind", "safe_file_name"]
+__all__ = [
+    "DEFAULT_HF_ENDPOINT",
+    "DEFAULT_QUANT",
+    "HubFile",
+    "HubSource",
+    "HubTag",
+    "ModelSource",
+    "PathSource",
+    "RepoRef",
+    "SourceKind",
+    "UrlSource",
+    "safe_file_name",
+]
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """An immutable, validated reference to one model file.
+class ModelSource(ABC):
+    """An immutable, validated reference to one model file: one of the variants
+    :class:`PathSource`, :class:`UrlSource`, :class:`HubFile` or :class:`HubTag`, each
+    carrying only its own fields. Callers dispatch on the variant (``match``/isinstance).
 
-    Build it with :meth:`path`, :meth:`url`, :meth:`huggingface` or :meth:`parse`.
-    ``repr`` and ``str`` show the redacted form only.
+    Build it with :meth:`path`, :meth:`url`, :meth:`huggingface`,
+    :meth:`huggingface_quant` or :meth:`parse`. ``repr`` and ``str`` show the redacted form
+    only.
     """
 
-    kind: SourceKind
-    identity: str = field(repr=False)
-    file_name: str
-    display: str
-    local_path: Path | None = field(default=None, repr=False)
-    request_url: str | None = field(default=None, repr=False)
-    repo_id: str | None = None
-    hf_path: str | None = None
-    revision: str | None = None
-    quant: str | None = None  # hf://owner/repo:Q4_K_M: a file chosen from the repo by tag
+    __slots__ = ()
+
+    # "path" | "url" | "hf": the sidecar's source_kind (both hub variants are "hf").
+    kind: ClassVar[SourceKind]
+
+    @property
+    @abstractmethod
+    def identity(self) -> str:
+        """The canonical identity: its SHA-256 is the cache key."""
+
+    @property
+    @abstractmethod
+    def file_name(self) -> str:
+        """The name the file gets in its cache entry (safe on every filesystem)."""
+
+    @property
+    @abstractmethod
+    def display(self) -> str:
+        """How the source is shown to people (secrets redacted)."""
 
     # -- constructors -------------------------------------------------------------------
     @classmethod
-    def path(cls, path: str | os.PathLike[str]) -> ModelSource:
+    def path(cls, path: str | os.PathLike[str]) -> PathSource:
         text = os.fspath(path)
         if not text:
             raise InvalidSourceError("local path is empty")
@@ -65,64 +92,22 @@ class ModelSource:
             raise InvalidSourceError("local path contains a NUL byte")
         if len(text) > MAX_SOURCE_LENGTH:
             raise InvalidSourceError(f"local path is longer than {MAX_SOURCE_LENGTH} characters")
-        resolved = Path(text).expanduser().resolve()
-        return cls(
-            kind="path",
-            identity=f"path:{resolved}",
-            file_name=safe_file_name(resolved.name),
-            display=str(resolved),
-            local_path=resolved,
-        )
+        return PathSource(Path(text).expanduser().resolve())
 
     @classmethod
-    def url(cls, url: str) -> ModelSource:
-        request_url, identity = canonical_url(url)
-        raw_name = urllib.parse.unquote(urllib.parse.urlsplit(request_url).path.rsplit("/", 1)[-1])
-        return cls(
-            kind="url",
-            identity=f"url:{identity}",
-            file_name=safe_file_name(raw_name),
-            display=redact_url(request_url),
-            request_url=request_url,
-        )
+    def url(cls, url: str) -> UrlSource:
+        return UrlSource(canonical_url(url)[0])
 
     @classmethod
-    def huggingface(cls, repo_id: str, file_path: str, revision: str = "main") -> ModelSource:
-        validate_hf_repo_id(repo_id)
-        validate_hf_revision(revision)
-        validate_hf_file_path(file_path)
-        at, query = revision_display(revision)
-        return cls(
-            kind="hf",
-            identity=f"hf:{repo_id}@{revision}/{file_path}",
-            file_name=safe_file_name(file_path.rsplit("/", 1)[-1]),
-            display=f"hf://{repo_id}{at}/{file_path}{query}",
-            repo_id=repo_id,
-            hf_path=file_path,
-            revision=revision,
-        )
+    def huggingface(cls, repo_id: str, file_path: str, revision: str = "main") -> HubFile:
+        return HubFile(repo_id, revision, file_path)
 
     @classmethod
     def huggingface_quant(
         cls, repo_id: str, quant: str = DEFAULT_QUANT, revision: str = "main"
-    ) -> ModelSource:
+    ) -> HubTag:
         """A GGUF file of ``repo_id`` picked by quantisation tag when the file is resolved."""
-        validate_hf_repo_id(repo_id)
-        validate_hf_revision(revision)
-        if not QUANT_TAG.match(quant):
-            raise InvalidSourceError(
-                f"invalid quantisation tag {quant[:70]!r}: use letters, digits, '_', '-', '.'"
-            )
-        at, query = revision_display(revision)
-        return cls(
-            kind="hf",
-            identity=f"hfq:{repo_id}@{revision}:{quant.upper()}",
-            file_name=safe_file_name(f"{quant}.gguf"),
-            display=f"hf://{repo_id}{at}:{quant}{query}",
-            repo_id=repo_id,
-            revision=revision,
-            quant=quant,
-        )
+        return HubTag(repo_id, revision, quant)
 
     @classmethod
     def parse(cls, text: str) -> ModelSource:
@@ -202,24 +187,154 @@ class ModelSource:
     def entry_dir_name(self) -> str:
         return entry_dir_name_of(self.file_name, self.cache_key)
 
-    def resolve_url(self, hf_endpoint: str | None = None, commit: str | None = None) -> str:
-        """The URL to request: the URL itself, or the Hugging Face resolve URL (at ``commit``
-        instead of the source's revision when the revision was already resolved)."""
-        if self.kind == "url":
-            assert self.request_url is not None
-            return self.request_url
-        if self.kind == "hf" and self.hf_path is None:
-            raise InvalidSourceError("a quantisation tag must be resolved to a file first")
-        if self.kind == "hf":
-            endpoint = options.hf_endpoint(hf_endpoint)
-            assert self.repo_id and self.hf_path and self.revision
-            rev = urllib.parse.quote(commit or self.revision, safe="")
-            path = urllib.parse.quote(self.hf_path, safe="/")
-            return f"{endpoint}/{self.repo_id}/resolve/{rev}/{path}"
-        raise InvalidSourceError("a local path source has no URL")
-
     def __str__(self) -> str:
         return self.display
+
+
+@dataclass(frozen=True, repr=False)
+class PathSource(ModelSource):
+    """A local file, by its resolved absolute path."""
+
+    kind: ClassVar[SourceKind] = "path"
+    local_path: Path
+
+    def __post_init__(self) -> None:
+        if not self.local_path.is_absolute():
+            raise InvalidSourceError("a path source needs an absolute path: use ModelSource.path")
+
+    @property
+    def identity(self) -> str:
+        return f"path:{self.local_path}"
+
+    @property
+    def file_name(self) -> str:
+        return safe_file_name(self.local_path.name)
+
+    @property
+    def display(self) -> str:
+        return str(self.local_path)
+
+    def __repr__(self) -> str:
+        return f"PathSource({self.display!r})"
+
+
+@dataclass(frozen=True, repr=False)
+class UrlSource(ModelSource):
+    """An http(s) URL, as it is requested (credentials in it are never shown)."""
+
+    kind: ClassVar[SourceKind] = "url"
+    request_url: str
+    # Derived from request_url (signing parameters left out); kept so a lookup need not
+    # re-canonicalise.
+    _identity: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        request_url, identity = canonical_url(self.request_url)
+        if request_url != self.request_url:
+            raise InvalidSourceError("not a canonical URL: build it with ModelSource.url")
+        object.__setattr__(self, "_identity", f"url:{identity}")
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def file_name(self) -> str:
+        path = urllib.parse.urlsplit(self.request_url).path
+        return safe_file_name(urllib.parse.unquote(path.rsplit("/", 1)[-1]))
+
+    @property
+    def display(self) -> str:
+        return redact_url(self.request_url)
+
+    def resolve_url(self, hf_endpoint: str | None = None, commit: str | None = None) -> str:
+        """The URL to request: the URL itself."""
+        return self.request_url
+
+    def __repr__(self) -> str:
+        return f"UrlSource({self.display!r})"
+
+
+@dataclass(frozen=True)
+class HubFile(ModelSource):
+    """One file of a Hugging Face repo at a revision: ``hf://owner/repo[@rev]/path``."""
+
+    kind: ClassVar[SourceKind] = "hf"
+    repo_id: str
+    revision: str
+    hf_path: str  # the file's path inside the repo
+
+    def __post_init__(self) -> None:
+        validate_hf_repo_id(self.repo_id)
+        validate_hf_revision(self.revision)
+        validate_hf_file_path(self.hf_path)
+
+    @property
+    def identity(self) -> str:
+        return f"hf:{self.repo_id}@{self.revision}/{self.hf_path}"
+
+    @property
+    def file_name(self) -> str:
+        return safe_file_name(self.hf_path.rsplit("/", 1)[-1])
+
+    @property
+    def display(self) -> str:
+        at, query = revision_display(self.revision)
+        return f"hf://{self.repo_id}{at}/{self.hf_path}{query}"
+
+    def resolve_url(self, hf_endpoint: str | None = None, commit: str | None = None) -> str:
+        """The hub's resolve URL (at ``commit`` instead of the revision when the revision
+        was already resolved)."""
+        endpoint = options.hf_endpoint(hf_endpoint)
+        rev = urllib.parse.quote(commit or self.revision, safe="")
+        path = urllib.parse.quote(self.hf_path, safe="/")
+        return f"{endpoint}/{self.repo_id}/resolve/{rev}/{path}"
+
+    def sibling(self, path: str) -> HubFile:
+        """Another file of the same repo at the same revision."""
+        return HubFile(self.repo_id, self.revision, path)
+
+
+@dataclass(frozen=True)
+class HubTag(ModelSource):
+    """A GGUF file of a Hugging Face repo chosen by quantisation tag when it is resolved:
+    ``hf://owner/repo[@rev]:QUANT``."""
+
+    kind: ClassVar[SourceKind] = "hf"
+    repo_id: str
+    revision: str
+    quant: str
+
+    def __post_init__(self) -> None:
+        validate_hf_repo_id(self.repo_id)
+        validate_hf_revision(self.revision)
+        if not QUANT_TAG.match(self.quant):
+            raise InvalidSourceError(
+                f"invalid quantisation tag {self.quant[:70]!r}: use letters, digits, '_', '-', '.'"
+            )
+
+    @property
+    def identity(self) -> str:
+        return f"hfq:{self.repo_id}@{self.revision}:{self.quant.upper()}"
+
+    @property
+    def file_name(self) -> str:
+        return safe_file_name(f"{self.quant}.gguf")
+
+    @property
+    def display(self) -> str:
+        at, query = revision_display(self.revision)
+        return f"hf://{self.repo_id}{at}:{self.quant}{query}"
+
+    def resolve_url(self, hf_endpoint: str | None = None, commit: str | None = None) -> str:
+        raise InvalidSourceError("a quantisation tag must be resolved to a file first")
+
+    def file(self, path: str) -> HubFile:
+        """The file the tag resolved to (same repo and revision)."""
+        return HubFile(self.repo_id, self.revision, path)
+
+
+HubSource = HubFile | HubTag  # every source the Hugging Face hub serves
 
 
 @dataclass(frozen=True)
@@ -265,9 +380,9 @@ class RepoRef:
         at, query = revision_display(self.revision)
         return f"hf://{self.repo_id}{at}{query}"
 
-    def file(self, path: str, revision: str | None = None) -> ModelSource:
+    def file(self, path: str, revision: str | None = None) -> HubFile:
         """One file of the repository (at ``revision``, by default the reference's own)."""
-        return ModelSource.huggingface(self.repo_id, path, revision or self.revision)
+        return HubFile(self.repo_id, revision or self.revision, path)
 
     def __str__(self) -> str:
         return self.display

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import InvalidSourceError, storage_error
 from ..fsutil import is_directory, remove_any
-from ..source import ModelSource
+from ..source import HubFile, ModelSource, PathSource, UrlSource
 from .layout import SETS, Layout
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -51,15 +51,31 @@ def shard_name(file_name: str) -> ShardName | None:
 
 
 def _raw_name(source: ModelSource) -> str:
-    if source.kind == "hf":
-        assert source.hf_path is not None
-        return source.hf_path.rsplit("/", 1)[-1]
-    if source.kind == "url":
-        assert source.request_url is not None
-        path = urllib.parse.urlsplit(source.request_url).path
-        return urllib.parse.unquote(path.rsplit("/", 1)[-1])
-    assert source.local_path is not None
-    return source.local_path.name
+    match source:
+        case HubFile():
+            return source.hf_path.rsplit("/", 1)[-1]
+        case UrlSource():
+            path = urllib.parse.urlsplit(source.request_url).path
+            return urllib.parse.unquote(path.rsplit("/", 1)[-1])
+        case PathSource():
+            return source.local_path.name
+    return source.file_name  # a tag: resolved to a file before its shards are asked for
+
+
+def _sibling(source: ModelSource, name: str) -> ModelSource:
+    """The file called ``name`` beside ``source``'s file."""
+    match source:
+        case HubFile():
+            folder = source.hf_path.rsplit("/", 1)[0] + "/" if "/" in source.hf_path else ""
+            return source.sibling(folder + name)
+        case UrlSource():
+            parts = urllib.parse.urlsplit(source.request_url)
+            folder = parts.path.rsplit("/", 1)[0]
+            path = f"{folder}/{urllib.parse.quote(name)}"
+            return ModelSource.url(urllib.parse.urlunsplit(parts._replace(path=path)))
+        case PathSource():
+            return ModelSource.path(source.local_path.with_name(name))
+    raise InvalidSourceError(f"{source.display} names no file to find shards beside")
 
 
 def siblings(source: ModelSource) -> list[ModelSource] | None:
@@ -75,23 +91,7 @@ def siblings(source: ModelSource) -> list[ModelSource] | None:
             "the shard's file name (decoded from the URL) is not a plain file name; "
             "pass shards=False (--no-shards) to fetch this one file"
         )
-    out = []
-    for i in range(1, shard.count + 1):
-        name = shard.name(i)
-        if source.kind == "hf":
-            assert source.hf_path is not None and source.repo_id and source.revision
-            folder = source.hf_path.rsplit("/", 1)[0] + "/" if "/" in source.hf_path else ""
-            out.append(ModelSource.huggingface(source.repo_id, folder + name, source.revision))
-        elif source.kind == "url":
-            assert source.request_url is not None
-            parts = urllib.parse.urlsplit(source.request_url)
-            folder = parts.path.rsplit("/", 1)[0]
-            path = f"{folder}/{urllib.parse.quote(name)}"
-            out.append(ModelSource.url(urllib.parse.urlunsplit(parts._replace(path=path))))
-        else:
-            assert source.local_path is not None
-            out.append(ModelSource.path(source.local_path.with_name(name)))
-    return out
+    return [_sibling(source, shard.name(i)) for i in range(1, shard.count + 1)]
 
 
 def set_dir_name(shards: list[ModelSource]) -> str:

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from ..errors import InvalidSourceError
 from ..options import env_hf_token
+from ..source import HubFile, HubTag, ModelSource, PathSource, UrlSource
 
 if TYPE_CHECKING:
     from ..cache import CacheEntry
     from ..options import EnsureOptions
     from ..progress import ProgressEmitter
-    from ..source import ModelSource
 
 # (repo id, revision) -> the commit it resolved to, for the rest of one ensure() call: the
 # shards of a split model, and the file a quantisation tag picked, all come from one commit.
@@ -43,14 +44,14 @@ class FetchResult:
 
 # Takes a hub file from elsewhere on this machine (the Hugging Face cache) instead of the
 # network: (source, entry directory, content name or None, size or None) -> result or None.
-Adopter = Callable[["ModelSource", Path, "str | None", "int | None"], "FetchResult | None"]
+Adopter = Callable[[HubFile, Path, "str | None", "int | None"], "FetchResult | None"]
 
 
 def credentials_for(source: ModelSource, opts: EnsureOptions) -> dict[str, str]:
     """Headers that must reach only the asked origin (http_client enforces the scoping)."""
     creds = dict(opts.headers or {})
     token = opts.bearer_token
-    if token is None and source.kind == "hf":
+    if token is None and isinstance(source, HubFile | HubTag):
         token = env_hf_token()
     if token:
         creds["Authorization"] = f"Bearer {token}"
@@ -64,11 +65,15 @@ class Fetcher(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SourceFetcher:
-    """What every fetcher holds: its source, the caller's options, where events go."""
+S = TypeVar("S", bound=ModelSource)
 
-    source: ModelSource
+
+@dataclass(frozen=True)
+class SourceFetcher(Generic[S]):
+    """What every fetcher holds: its source (the variant it fetches), the caller's
+    options, where events go."""
+
+    source: S
     opts: EnsureOptions
     emitter: ProgressEmitter
 
@@ -80,19 +85,21 @@ def fetcher_for(
     pins: Pins | None = None,
     adopt: Adopter | None = None,
 ) -> Fetcher:
-    """The fetcher for ``source``'s kind of origin (imported here, not at module level: a
-    cache hit must not load the network stack)."""
-    from ..source import ModelSource as _Source
+    """The fetcher for ``source``'s variant (imported here, not at module level: a cache
+    hit must not load the network stack)."""
+    match source:
+        case PathSource():
+            from .local import LocalFetcher
 
-    assert isinstance(source, _Source)
-    if source.kind == "path":
-        from .local import LocalFetcher
+            return LocalFetcher(source, opts, emitter)
+        case HubFile():
+            from .hub import HubFetcher
 
-        return LocalFetcher(source, opts, emitter)
-    if source.kind == "hf":
-        from .hub import HubFetcher
+            return HubFetcher(source, opts, emitter, pins if pins is not None else {}, adopt)
+        case UrlSource():
+            from .http import UrlFetcher
 
-        return HubFetcher(source, opts, emitter, pins if pins is not None else {}, adopt)
-    from .http import UrlFetcher
-
-    return UrlFetcher(source, opts, emitter)
+            return UrlFetcher(source, opts, emitter)
+        case HubTag():
+            raise InvalidSourceError("a quantisation tag must be resolved to a file first")
+    raise InvalidSourceError(f"no fetcher for a {type(source).__name__}")

@@ -59,6 +59,7 @@ from ..http_client import Response, open_url
 from ..options import EnsureOptions
 from ..progress import ProgressEmitter
 from ..redact import redact_url
+from ..source import UrlSource
 from .base import FetchResult, SourceFetcher, credentials_for
 from .engine import LowSpeed, RangeUnsupported, Transfer
 
@@ -124,13 +125,12 @@ def open_direct(part: Path) -> int | None:
         return None  # tmpfs and some FUSE filesystems refuse O_DIRECT
 
 
-class UrlFetcher(SourceFetcher):
+class UrlFetcher(SourceFetcher[UrlSource]):
     """An http(s) URL: one download, resumed and retried (credentials from the options)."""
 
     def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
-        url = self.source.resolve_url(self.opts.hf_endpoint)
         creds = credentials_for(self.source, self.opts)
-        downloader = HttpDownloader(url, creds, self.opts, self.emitter)
+        downloader = HttpDownloader(self.source.request_url, creds, self.opts, self.emitter)
         src = self.source
         return downloader.fetch(directory, src.file_name, src.cache_key, conditional)
 

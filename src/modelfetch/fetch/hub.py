@@ -37,6 +37,7 @@ from ..core.httpwire import parse_retry_after, status_error
 from ..errors import DownloadError, IntegrityError
 from ..http_client import Response, open_url
 from ..redact import redact_url
+from ..source import HubFile
 from .base import Adopter, FetchResult, Pins, SourceFetcher, credentials_for
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def resolve_commit(
 
 
 @dataclass(frozen=True)
-class HubFetcher(SourceFetcher):
+class HubFetcher(SourceFetcher[HubFile]):
     """A file of a Hugging Face repo: ask the hub for its SHA-256 (or git blob id) and
     commit first, then download from that commit and verify. ``pins`` is shared by every
     file of one ensure() call; ``adopt`` may take the file from the Hugging Face cache."""
@@ -234,7 +235,6 @@ class HubFetcher(SourceFetcher):
         from .http import HttpDownloader, retrying
 
         source, opts = self.source, self.opts
-        assert source.repo_id is not None and source.revision is not None
         creds = credentials_for(source, opts)
         pin = (source.repo_id, source.revision)
         asked = self.pins.get(pin) or (source.revision if _SHA1.match(source.revision) else None)

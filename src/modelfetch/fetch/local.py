@@ -17,14 +17,14 @@ from .engine import CHUNK
 
 if TYPE_CHECKING:
     from ..cache import CacheEntry
+from ..source import PathSource
 from .base import FetchResult, SourceFetcher
 
 
-class LocalFetcher(SourceFetcher):
+class LocalFetcher(SourceFetcher[PathSource]):
     """A local path: copied into the part file (never resumed: a copy is quick)."""
 
     def fetch(self, directory: Path, conditional: CacheEntry | None = None) -> FetchResult:
-        assert self.source.local_path is not None
         part, _ = part_paths(directory, self.source.file_name)
         return import_local_file(
             self.source.local_path, part, self.opts.sha256, self.emitter, self.opts.cancel
