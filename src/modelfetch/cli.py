@@ -227,7 +227,7 @@ def _entries_table(entries: list[CacheEntry]) -> None:
     for e in entries:
         used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_used))
         flag = " [transient]" if e.transient else ""
-        _say(f"{e.cache_key[:12]}  {human_bytes(e.bytes):>10}  {used}  {e.source}{flag}")
+        _say(f"{e.cache_key[:12]}  {human_bytes(e.size):>10}  {used}  {e.source}{flag}")
 
 
 class _Group(click.Group):
@@ -569,7 +569,7 @@ def prune(
         return
     verb = "would remove" if dry_run else "removed"
     for e in report.removed:
-        _say(f"{verb} {e.cache_key[:12]} {human_bytes(e.bytes)} {e.source}")
+        _say(f"{verb} {e.cache_key[:12]} {human_bytes(e.size)} {e.source}")
     click.echo(
         f"{verb} {len(report.removed)} entries ({human_bytes(report.freed_bytes)}), "
         f"{report.parts_removed} stale partial downloads; {report.busy_skipped} busy skipped"

@@ -240,7 +240,7 @@ def quick_hit(
     ):
         return None  # ensure publishes it
     for entry, shard in zip(entries, group or [src], strict=True):
-        ProgressEmitter(opts.progress, shard.display).emit("cache_hit", entry.bytes, entry.bytes)
+        ProgressEmitter(opts.progress, shard.display).emit("cache_hit", entry.size, entry.size)
     return _with_set(cache, src, group, entries) if group else entries[0]
 
 
@@ -296,7 +296,7 @@ def _ensure_one(
 
     hit = _lookup_hit(src, opts, cache)
     if hit is not None:
-        emitter.emit("cache_hit", hit.bytes, hit.bytes)
+        emitter.emit("cache_hit", hit.size, hit.size)
         return hit
 
     if (
@@ -314,7 +314,7 @@ def _ensure_one(
             raise
         hit = cache.lookup_readonly(src, opts.sha256)
         if hit is not None:
-            emitter.emit("cache_hit", hit.bytes, hit.bytes)
+            emitter.emit("cache_hit", hit.size, hit.size)
             return replace(hit, via="cache")
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src)) from None
@@ -338,14 +338,14 @@ def _ensure_locked(
     with lock.hold(cancel=opts.cancel, timeout=opts.lock_timeout, on_wait=on_wait):
         existing = cache.lookup_verified(src, opts.sha256)
         if existing is not None and policy is not CachePolicy.REFRESH:
-            emitter.emit("cache_hit", existing.bytes, existing.bytes)
+            emitter.emit("cache_hit", existing.size, existing.size)
             return replace(existing, via="cache")
         if policy is not CachePolicy.REFRESH and _may_adopt(src, opts):
             cache.make_entry_dir(directory, src.file_name)
             adopted = adopt_from_hub_cache(src, directory, opts, emitter)
             if adopted is not None:
                 entry = _promote(cache, src, directory, adopted)
-                emitter.emit("done", entry.bytes, entry.bytes)
+                emitter.emit("done", entry.size, entry.size)
                 return replace(entry, via="hf_cache")
         if policy is CachePolicy.CACHE_ONLY:
             raise CacheMissError(_miss_message(src))
@@ -376,13 +376,13 @@ def _ensure_locked(
             result = _fetch(src, directory, opts, emitter, existing, pins)
             via = "origin"
         if result.not_modified and existing is not None:
-            emitter.emit("not_modified", existing.bytes, existing.bytes)
+            emitter.emit("not_modified", existing.size, existing.size)
             revalidated = cache.mark_revalidated(existing, commit=result.commit)
             return replace(revalidated, via="revalidated")
         entry = _promote(cache, src, directory, result)
         if tier is not None and outcome is None:
             _upload_to_tier(tier, src, entry, opts, emitter)
-    emitter.emit("done", entry.bytes, entry.bytes)
+    emitter.emit("done", entry.size, entry.size)
     return replace(entry, via=via)
 
 
@@ -403,7 +403,7 @@ def _promote(
         src,
         directory,
         sha256=result.sha256,
-        size=result.bytes,
+        size=result.size,
         etag=result.etag,
         last_modified=result.last_modified,
         transient=transient,
@@ -438,7 +438,7 @@ def _upload_to_tier(
         emitter.emit("warning", message=f"could not copy to the shared tier ({exc})")
         return
     if uploaded:
-        emitter.emit("tier_upload", entry.bytes, entry.bytes)
+        emitter.emit("tier_upload", entry.size, entry.size)
 
 
 def _ensure_transient(
@@ -456,7 +456,7 @@ def _ensure_transient(
 
         shutil.rmtree(directory, ignore_errors=True)  # a random-named dir can't be resumed
         raise
-    emitter.emit("done", entry.bytes, entry.bytes)
+    emitter.emit("done", entry.size, entry.size)
     return replace(entry, via="origin")
 
 

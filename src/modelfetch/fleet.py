@@ -109,7 +109,7 @@ def publish_entry(
         source,
         entry.path,
         entry.sha256,
-        entry.bytes,
+        entry.size,
         opts.remote_chunk_size,
         entry.commit,
     )
@@ -392,11 +392,11 @@ class _Fleet:
     ) -> None:
         """Finish publishing (the last chunks, then the manifest), then drop the lease."""
         try:
-            refs = publisher.drain(result.bytes) if ledger.finish(result.bytes) else None
+            refs = publisher.drain(result.size) if ledger.finish(result.size) else None
             publisher.stop()
             if refs is not None:
                 manifest = Manifest(
-                    result.bytes, result.sha256, ledger.chunk_size, refs, result.commit
+                    result.size, result.sha256, ledger.chunk_size, refs, result.commit
                 )
                 write_manifest(self.tier, self.source, manifest)
             else:  # the in-order pass was disturbed: publish the finished file instead
@@ -406,7 +406,7 @@ class _Fleet:
                     self.source,
                     part_paths(self.directory, self.source.file_name)[0],
                     result.sha256,
-                    result.bytes,
+                    result.size,
                     ledger.chunk_size,
                     result.commit,
                     have=dict(publisher.refs),
@@ -419,4 +419,4 @@ class _Fleet:
         finally:
             publisher.stop()
             keeper.close()
-        self.emit.emit("tier_upload", result.bytes, result.bytes)
+        self.emit.emit("tier_upload", result.size, result.size)

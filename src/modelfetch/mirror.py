@@ -505,7 +505,7 @@ class MirrorServer:
             return self._file_reply(request, entry, extra, f'"{entry.git_sha1}"')
         # An LFS file (or one cached without a verified git blob id, answered as before).
         extra["X-Linked-Etag"] = f'"{entry.sha256}"'
-        extra["X-Linked-Size"] = str(entry.bytes)
+        extra["X-Linked-Size"] = str(entry.size)
         return self._file_reply(request, entry, extra)
 
     def _file_reply(
@@ -520,19 +520,19 @@ class MirrorServer:
         fh = os.fdopen(fd, "rb")
         try:
             st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.bytes:
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
                 fh.close()
                 return text_reply(500, "entry failed its size check\n")
             etag = etag or f'"{entry.sha256}"'
             if request.headers.get("if-none-match") in (etag, "*"):
                 fh.close()
                 return Reply(304, {"ETag": etag, **extra})
-            status, start, end = 200, 0, entry.bytes - 1
+            status, start, end = 200, 0, entry.size - 1
             if request.headers.get("if-range") in (None, etag):
-                status, start, end = serve_range(request.headers.get("range"), entry.bytes)
+                status, start, end = serve_range(request.headers.get("range"), entry.size)
             if status == 416:
                 fh.close()
-                return Reply(416, {"Content-Range": f"bytes */{entry.bytes}"})
+                return Reply(416, {"Content-Range": f"bytes */{entry.size}"})
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Accept-Ranges": "bytes",
@@ -540,7 +540,7 @@ class MirrorServer:
                 **extra,
             }
             if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{end}/{entry.bytes}"
+                headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
             return Reply(status, headers, file=fh, offset=start, length=max(0, end - start + 1))
         except BaseException:
             fh.close()

@@ -608,8 +608,8 @@ def _snapshot(ref: RepoRef, include: Patterns, exclude: Patterns, opts: EnsureOp
     progress.emit("start")
     entries = _fetch_all(ref, commit, chosen, opts, progress)
     for f in chosen:
-        if entries[f.path].bytes != f.size:
-            raise IntegrityError(f"{f.path}: {entries[f.path].bytes} bytes, the tree says {f.size}")
+        if entries[f.path].size != f.size:
+            raise IntegrityError(f"{f.path}: {entries[f.path].size} bytes, the tree says {f.size}")
     check_sets(entries, tree, lambda text: progress.emit("warning", text))
     path = publish_snapshot_dir(
         cache.layout, ref.repo_id, commit, {p: e.path for p, e in entries.items()}
@@ -764,7 +764,7 @@ def _snapshot_problem(cache: Cache, repo_id: str, commit: str, path: Path) -> st
             meta = read_metadata(entry_dir)
         except MetadataError as exc:
             return f"{repo_path}: entry sidecar {exc}: snapshot removed"
-        if meta.bytes != listed_file.size or (
+        if meta.size != listed_file.size or (
             listed_file.lfs_sha256 is not None and meta.sha256 != listed_file.lfs_sha256
         ):
             return f"{repo_path} differs from the commit's file list: snapshot removed"

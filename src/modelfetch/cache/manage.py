@@ -81,7 +81,7 @@ class Cache(EntryStore):
         if meta is None or not self._fits(directory, meta):
             return None
         st = lstat_regular(directory / meta.file_path)
-        if st is None or st.st_size != meta.bytes:
+        if st is None or st.st_size != meta.size:
             return None
         try:
             last_used = os.lstat(directory).st_mtime
@@ -191,12 +191,12 @@ class Cache(EntryStore):
             if not (expired and self._prune_one(entry, report, dry_run)):
                 keep.append(entry)
         if max_bytes is not None:
-            total = sum(e.bytes for e in keep)
+            total = sum(e.size for e in keep)
             for entry in keep:  # least recently used first
                 if total <= max_bytes:
                     break
                 if self._prune_one(entry, report, dry_run):
-                    total -= entry.bytes
+                    total -= entry.size
         if not dry_run:
             prune_sets(self.layout)
             prune_snapshots(self.layout)
@@ -205,7 +205,7 @@ class Cache(EntryStore):
     def _prune_one(self, entry: CacheEntry, report: PruneReport, dry_run: bool) -> bool:
         if dry_run or self._remove_dir(entry.directory):
             report.removed.append(entry)
-            report.freed_bytes += entry.bytes
+            report.freed_bytes += entry.size
             return True
         report.busy_skipped += 1
         return False
@@ -273,13 +273,13 @@ class Cache(EntryStore):
         st = lstat_regular(file_path)
         if st is None:
             return "model file missing or not a regular file"
-        if st.st_size != meta.bytes:
+        if st.st_size != meta.size:
             return "size mismatch: corrupt file removed"
         try:
             digest, size, git_sha1 = self._digests(file_path, meta)
         except OSError as exc:
             return f"unreadable ({exc.strerror or exc}): removed"
-        if size != meta.bytes or digest != meta.sha256:
+        if size != meta.size or digest != meta.sha256:
             return "size or SHA-256 mismatch: corrupt file removed"
         if git_sha1 != meta.git_sha1:
             return "git blob id mismatch: file and sidecar removed"

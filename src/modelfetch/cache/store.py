@@ -28,10 +28,10 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from ..core.sidecar import METADATA_NAME, EntryMetadata, FileStamp, MetadataError
+from ..core.sidecar import METADATA_NAME, EntryMetadata, EntryRecord, FileStamp, MetadataError
 from ..errors import (
     CacheStorageError,
     CorruptCacheError,
@@ -67,27 +67,20 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("modelfetch", appauthor=False))
 
 
-@dataclass(frozen=True)
-class CacheEntry:
-    """A verified file in the cache. ``path`` is what callers open."""
+@dataclass(frozen=True, kw_only=True)
+class CacheEntry(EntryRecord):
+    """A verified file in the cache: its EntryRecord (sha256, size, validators, commit,
+    git_sha1) and where it lies. ``path`` is what callers open."""
 
     path: Path
     directory: Path
     source: str
     source_kind: str
     cache_key: str
-    bytes: int
-    sha256: str
-    etag: str | None
-    last_modified: str | None
     created_at: str
     updated_at: str
     transient: bool
     last_used: float = field(compare=False)
-    commit: str | None = None
-    # A git-stored Hugging Face file's git blob id, verified against its content (None for
-    # LFS files and other sources): its ETag on the hub, its blob name in the hub cache.
-    git_sha1: str | None = None
     # For a split GGUF: its first shard inside a directory that holds every shard (as
     # links), which is the path llama.cpp and friends need. None for a single file.
     set_path: Path | None = field(default=None, compare=False)
@@ -96,24 +89,25 @@ class CacheEntry:
     # machine died; finished from the origin). None for entries read by Cache methods.
     via: str | None = field(default=None, compare=False)
 
+    @property
+    def bytes(self) -> int:
+        """The file's size: ``size`` under its earlier name, kept for compatibility."""
+        return self.size
+
     @classmethod
     def from_metadata(cls, directory: Path, meta: EntryMetadata, last_used: float) -> CacheEntry:
+        record = {f.name: getattr(meta, f.name) for f in fields(EntryRecord)}
         return cls(
+            **record,
             path=directory / meta.file_path,
             directory=directory,
             source=meta.source,
             source_kind=meta.source_kind,
             cache_key=meta.cache_key,
-            bytes=meta.bytes,
-            sha256=meta.sha256,
-            etag=meta.etag,
-            last_modified=meta.last_modified,
             created_at=meta.created_at,
             updated_at=meta.updated_at,
             transient=meta.transient,
             last_used=last_used,
-            commit=meta.commit,
-            git_sha1=meta.git_sha1,
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -122,7 +116,8 @@ class CacheEntry:
             "source": self.source,
             "source_kind": self.source_kind,
             "cache_key": self.cache_key,
-            "bytes": self.bytes,
+            "bytes": self.size,  # the name `ls --json` has always used
+            "size": self.size,
             "sha256": self.sha256,
             "etag": self.etag,
             "last_modified": self.last_modified,
@@ -145,7 +140,7 @@ def _fresh_metadata(source: ModelSource, size: int, sha256: str) -> EntryMetadat
         cache_key=source.cache_key,
         file_name=source.file_name,
         file_path=source.file_name,
-        bytes=size,
+        size=size,
         sha256=sha256,
         created_at=now,
         updated_at=now,
@@ -238,7 +233,7 @@ class EntryStore:
         meta = read_sidecar(directory)
         if meta is None or meta.stamp is None or not self._meta_belongs(meta, source):
             return None
-        if meta.bytes != meta.stamp.size:
+        if meta.size != meta.stamp.size:
             return None
         if expected_sha256 is not None and meta.sha256 != expected_sha256:
             return None
@@ -285,7 +280,7 @@ class EntryStore:
         if (
             st is None
             or (meta is not None and not self._meta_belongs(meta, source))
-            or (meta is not None and meta.bytes != st.st_size)
+            or (meta is not None and meta.size != st.st_size)
         ):
             # No file, a sidecar of another source, or one whose size disagrees: a miss.
             if repair:
@@ -308,7 +303,7 @@ class EntryStore:
         # id recorded for other content no longer describes the file.
         meta = meta or _fresh_metadata(source, size, digest)
         git_sha1 = meta.git_sha1 if meta.sha256 == digest else None
-        meta = replace(meta, sha256=digest, bytes=size, git_sha1=git_sha1)
+        meta = replace(meta, sha256=digest, size=size, git_sha1=git_sha1)
         if not repair:
             return CacheEntry.from_metadata(directory, meta, st_dir.st_mtime)
         meta = self._restamp(directory, file_path, meta)

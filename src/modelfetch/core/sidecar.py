@@ -12,7 +12,7 @@ Schema version 1 (all keys required unless marked optional)::
     cache_key       64 lowercase hex chars, SHA-256 of the source's canonical identity
     file_name       the model file's name
     file_path       path of the model file relative to the entry directory (one segment)
-    bytes           size in bytes
+    bytes           size in bytes (``size`` in code: EntryRecord)
     sha256          64 lowercase hex chars
     etag            optional string, the origin's ETag when downloaded (at most 1024
                     characters, no control characters; a longer one is not stored)
@@ -32,7 +32,6 @@ Schema version 1 (all keys required unless marked optional)::
 
 from __future__ import annotations
 
-import builtins
 import json
 import re
 from dataclasses import asdict, dataclass, replace
@@ -70,25 +69,39 @@ class FileStamp:
 
 
 @dataclass(frozen=True)
-class EntryMetadata:
+class EntryRecord:
+    """What is known of one file's content: declared once, shared by the sidecar
+    (EntryMetadata), the cache's CacheEntry and a fetcher's FetchResult. ``size`` is the
+    sidecar's ``bytes`` key."""
+
+    sha256: str
+    size: int
+    etag: str | None = None  # the origin's validators when it was downloaded
+    last_modified: str | None = None
+    commit: str | None = None  # the hub commit a Hugging Face revision resolved to
+    # A git-stored hub file's blob id, verified against the content (None for LFS files
+    # and other sources): its ETag on the hub, its blob name in the hub cache.
+    git_sha1: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryMetadata(EntryRecord):
+    """An entry's sidecar: its EntryRecord and where the file came from and lies."""
+
     source: str
     source_kind: str
     cache_key: str
     file_name: str
     file_path: str
-    bytes: int
-    sha256: str
     created_at: str
     updated_at: str
-    etag: str | None = None
-    last_modified: str | None = None
     transient: bool = False
     stamp: FileStamp | None = None
-    commit: str | None = None
-    git_sha1: str | None = None
 
-    def to_json(self) -> builtins.bytes:
-        body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **asdict(self)}
+    def to_json(self) -> bytes:
+        fields = asdict(self)
+        fields["bytes"] = fields.pop("size")  # schema v1's name for it
+        body: dict[str, Any] = {"schema_version": SCHEMA_VERSION, **fields}
         return (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
     def with_stamp(self, stamp: FileStamp | None, now: str) -> EntryMetadata:
@@ -195,7 +208,7 @@ def parse_metadata(data: bytes) -> EntryMetadata:
         cache_key=key,
         file_name=_text(doc, "file_name") or "",
         file_path=validate_relative_name(_text(doc, "file_path") or ""),
-        bytes=_int(doc, "bytes"),
+        size=_int(doc, "bytes"),
         sha256=sha,
         created_at=created,
         updated_at=updated,
@@ -229,7 +242,7 @@ def bounded(meta: EntryMetadata) -> EntryMetadata:
     )
 
 
-def sidecar_bytes(meta: EntryMetadata) -> tuple[EntryMetadata, builtins.bytes]:
+def sidecar_bytes(meta: EntryMetadata) -> tuple[EntryMetadata, bytes]:
     """What to store for ``meta`` and its bytes: only a sidecar that reads back as written
     ever reaches the disk (MetadataError otherwise)."""
     stored = bounded(meta)

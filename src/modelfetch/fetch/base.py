@@ -8,10 +8,11 @@ picks the fetcher, it never asks what kind of source it holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from ..core.sidecar import EntryRecord
 from ..errors import InvalidSourceError
 from ..options import env_hf_token
 from ..source import HubFile, HubTag, ModelSource, PathSource, UrlSource
@@ -27,19 +28,17 @@ Pins = dict[tuple[str, str], str]
 
 
 @dataclass(frozen=True)
-class FetchResult:
-    sha256: str
-    bytes: int
-    etag: str | None
-    last_modified: str | None
+class FetchResult(EntryRecord):
+    """What a fetcher got: the part's EntryRecord (``git_sha1`` only when the bytes were
+    checked against it), or ``not_modified``: the cached entry is current."""
+
     not_modified: bool = False
-    commit: str | None = None  # the hub commit a Hugging Face revision resolved to
-    git_sha1: str | None = None  # a git-stored hub file's blob id, checked against the bytes
 
     @classmethod
     def unchanged(cls, entry: CacheEntry, commit: str | None = None) -> FetchResult:
         """The origin confirmed the cached ``entry`` is current: nothing was downloaded."""
-        return cls(entry.sha256, entry.bytes, entry.etag, entry.last_modified, True, commit)
+        record = {f.name: getattr(entry, f.name) for f in fields(EntryRecord)}
+        return cls(**{**record, "commit": commit, "git_sha1": None}, not_modified=True)
 
 
 # Takes a hub file from elsewhere on this machine (the Hugging Face cache) instead of the

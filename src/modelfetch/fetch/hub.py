@@ -285,10 +285,10 @@ class HubFetcher(SourceFetcher[HubFile]):
             source.cache_key,
             conditional if expected is None else None,
         )
-        if info.size is not None and result.bytes != info.size:
+        if info.size is not None and result.size != info.size:
             discard_part(directory, source.file_name)
             raise IntegrityError(
-                f"{source.display}: got {result.bytes} bytes, the hub lists {info.size}"
+                f"{source.display}: got {result.size} bytes, the hub lists {info.size}"
             )
         if result.not_modified:  # nothing was downloaded, so nothing new was verified
             return replace(result, commit=info.commit)
