@@ -179,15 +179,24 @@ def _number(value: object) -> float | None:
     return None
 
 
-def decode_lease(data: bytes) -> Lease | None:
-    """A lease read from the tier, or None if it is not a well-formed lease of ours."""
+def decode_tier_doc(data: bytes, marker: str) -> dict[str, Any] | None:
+    """The JSON object a lease or manifest holds, or None unless it is small, valid JSON
+    and carries ``marker`` (version 1): what the tier returns may be anyone's bytes."""
     if len(data) > MAX_DOC_BYTES:
         return None
     try:
         doc = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or doc.get("modelfetch_lease") != 1:
+    if not isinstance(doc, dict) or doc.get(marker) != 1:
+        return None
+    return doc
+
+
+def decode_lease(data: bytes) -> Lease | None:
+    """A lease read from the tier, or None if it is not a well-formed lease of ours."""
+    doc = decode_tier_doc(data, "modelfetch_lease")
+    if doc is None:
         return None
     token, owner = doc.get("token"), _text(doc.get("owner"), 200)
     ttl, wall = _number(doc.get("ttl")), _number(doc.get("wall"))

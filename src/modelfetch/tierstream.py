@@ -44,6 +44,7 @@ from .lease import (
     LeaseStore,
     chunk_count,
     chunk_span,
+    decode_tier_doc,
     new_run,
     parse_file_fields,
     release,
@@ -106,13 +107,8 @@ class Manifest:
 
 def decode_manifest(data: bytes) -> Manifest | None:
     """A manifest read from the tier, or None unless it is complete and well-formed."""
-    if len(data) > MAX_DOC_BYTES:
-        return None
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(doc, dict) or doc.get("modelfetch_manifest") != 1:
+    doc = decode_tier_doc(data, "modelfetch_manifest")
+    if doc is None:
         return None
     fields = parse_file_fields(doc)
     if fields is None or fields.size is None or fields.sha256 is None:
