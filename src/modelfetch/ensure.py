@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from .cache import Cache, CacheEntry
 from .cache.sets import assemble, siblings
@@ -30,6 +31,7 @@ from .progress import ProgressEmitter
 from .source import HubFile, HubTag, ModelSource, PathSource
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+T = TypeVar("T")
 
 # The download machinery (urllib3, the transfer engine, asyncio) is imported inside the
 # functions that need it, so that a cache hit, the common case in scripts and service
@@ -479,15 +481,21 @@ async def ensure_async(
     **overrides: Any,
 ) -> CacheEntry:
     """``ensure`` in a worker thread; cancelling the task fires the cancel token."""
-    opts = _options(options, overrides)
+    return await in_worker_thread(functools.partial(ensure, source), _options(options, overrides))
+
+
+async def in_worker_thread(call: Callable[[EnsureOptions], T], opts: EnsureOptions) -> T:
+    """Await ``call(opts)`` run in a worker thread. asyncio cannot stop a thread, so
+    cancelling the awaiting task fires the options' cancel token (one is added if there is
+    none): the work then stops within a moment, keeping its part for a resume."""
+    import asyncio
+
     if opts.cancel is None:
         opts = opts.merged(cancel=CancelToken())
     token = opts.cancel
     assert token is not None
-    import asyncio
-
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(None, functools.partial(ensure, source, opts))
+    future = loop.run_in_executor(None, call, opts)
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

@@ -42,7 +42,7 @@ from .cache.snapdir import publish as publish_snapshot_dir
 from .cache.snapdir import remove as remove_snapshot_dir
 from .cancel import CancelToken
 from .core.sidecar import FileStamp, MetadataError
-from .ensure import ensure_file, offline_for
+from .ensure import ensure_file, in_worker_thread, offline_for
 from .errors import (
     CacheMissError,
     CacheStorageError,
@@ -642,21 +642,8 @@ async def snapshot_async(
     **overrides: Any,
 ) -> Snapshot:
     """``snapshot`` in a worker thread; cancelling the task fires the cancel token."""
-    import asyncio
-
-    opts = _merged(options, overrides)
-    if opts.cancel is None:
-        opts = opts.merged(cancel=CancelToken())
-    token = opts.cancel
-    assert token is not None
-    loop = asyncio.get_running_loop()
-    call = functools.partial(snapshot, source, include, exclude, hf_cache, opts)
-    future = loop.run_in_executor(None, call)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        token.cancel()
-        raise
+    call = functools.partial(snapshot, source, include, exclude, hf_cache)
+    return await in_worker_thread(call, _merged(options, overrides))
 
 
 # -- management: ls, verify, rm -------------------------------------------------------------
