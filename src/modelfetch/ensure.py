@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from .fetch.tier import RemoteTier
 
 
-def _options(options: EnsureOptions | None, overrides: dict[str, Any]) -> EnsureOptions:
+def merge_options(options: EnsureOptions | None, overrides: dict[str, Any]) -> EnsureOptions:
+    """``options`` (the defaults when None) with the keyword ``overrides`` applied."""
     base = options if options is not None else EnsureOptions()
     return base.merged(**overrides) if overrides else base
 
@@ -120,7 +121,7 @@ def ensure(
     asking to publish, an ``hf://`` file (each shard of a set) is also published into the
     Hugging Face cache.
     """
-    opts = _options(options, overrides)
+    opts = merge_options(options, overrides)
     src = ModelSource.coerce(source)
     cache = Cache(opts.cache_dir)
     pins: Pins = {}
@@ -481,7 +482,9 @@ async def ensure_async(
     **overrides: Any,
 ) -> CacheEntry:
     """``ensure`` in a worker thread; cancelling the task fires the cancel token."""
-    return await in_worker_thread(functools.partial(ensure, source), _options(options, overrides))
+    return await in_worker_thread(
+        functools.partial(ensure, source), merge_options(options, overrides)
+    )
 
 
 async def in_worker_thread(call: Callable[[EnsureOptions], T], opts: EnsureOptions) -> T:

@@ -42,7 +42,7 @@ from .cache.snapdir import publish as publish_snapshot_dir
 from .cache.snapdir import remove as remove_snapshot_dir
 from .cancel import CancelToken
 from .core.sidecar import FileStamp, MetadataError
-from .ensure import ensure_file, in_worker_thread, offline_for
+from .ensure import ensure_file, in_worker_thread, merge_options, offline_for
 from .errors import (
     CacheMissError,
     CacheStorageError,
@@ -153,11 +153,6 @@ def select(files: Sequence[RepoFile], include: Patterns, exclude: Patterns) -> l
         if (allow is None or any(fnmatch.fnmatchcase(f.path, p) for p in allow))
         and not (deny and any(fnmatch.fnmatchcase(f.path, p) for p in deny))
     ]
-
-
-def _merged(options: EnsureOptions | None, overrides: dict[str, Any]) -> EnsureOptions:
-    base = options if options is not None else EnsureOptions()
-    return base.merged(**overrides) if overrides else base
 
 
 def _as_hub_source(ref: RepoRef) -> ModelSource:
@@ -566,7 +561,7 @@ def snapshot(
     """
     if hf_cache is not None:
         overrides["hf_cache"] = hf_cache
-    opts = _merged(options, overrides)
+    opts = merge_options(options, overrides)
     if opts.sha256 is not None or opts.git_sha1 is not None:
         raise InvalidSourceError("a pinned hash names one file; a snapshot has several")
     if opts.policy is CachePolicy.NO_CACHE:
@@ -643,7 +638,7 @@ async def snapshot_async(
 ) -> Snapshot:
     """``snapshot`` in a worker thread; cancelling the task fires the cancel token."""
     call = functools.partial(snapshot, source, include, exclude, hf_cache)
-    return await in_worker_thread(call, _merged(options, overrides))
+    return await in_worker_thread(call, merge_options(options, overrides))
 
 
 # -- management: ls, verify, rm -------------------------------------------------------------
