@@ -25,7 +25,8 @@ Repos live in memory: branches and tags point at commits (40-hex), a commit maps
 bytes and whether they are in LFS. ``push``/``move_branch``/``tag`` are thread-safe and
 may run while a download is under way. Each origin keeps a request log (method, path,
 headers, status, body bytes sent) and has switchable faults: a per-connection rate limit,
-dropping a body after N bytes, failing the next N requests with a status.
+dropping a body after N bytes, failing the next N requests with a status, and a pause
+(``pause_after(n)``: no body bytes beyond the first n in all until ``resume()``).
 
 Time: ``advance_clock(seconds)`` moves the emulator's clock, so tests can expire every URL
 handed out so far without waiting. ``X-Amz-Date`` is rounded *up* to the second, so a URL
@@ -56,6 +57,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TEXT_SUFFIXES = (".md", ".json", ".txt", ".py", ".yaml", ".yml", ".jinja", ".gitattributes")
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
+PAUSE_LIMIT = 120.0  # seconds a paused body waits for resume() at most
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -160,6 +162,10 @@ class Origin:
         self.on_request: Callable[[LoggedRequest], None] | None = None
         self.closing = threading.Event()
         self._lock = threading.Lock()
+        # pause_after(): body bytes this origin may send in all before resume() (None: any).
+        self._allowance: int | None = None
+        self._sent = 0
+        self._flow = threading.Condition()
         self._route = route
         self.httpd = _Server((host, 0), self._handler_class())
         self.httpd.daemon_threads = True
@@ -194,6 +200,30 @@ class Origin:
         """Body bytes this origin sent so far (what a download cost it)."""
         with self._lock:
             return sum(r.body_bytes for r in self.log)
+
+    def pause_after(self, total: int) -> None:
+        """Hold every body before this origin would have sent more than ``total`` body
+        bytes in all (counted from its start), until ``resume()``: a download kept short
+        of its end for as long as a test needs (at most PAUSE_LIMIT seconds)."""
+        with self._flow:
+            self._allowance = total
+
+    def resume(self) -> None:
+        with self._flow:
+            self._allowance = None
+            self._flow.notify_all()
+
+    def _admit(self, n: int) -> bool:
+        """Wait until ``n`` more body bytes may go out; False if the origin is closing."""
+        deadline = time.monotonic() + PAUSE_LIMIT
+        with self._flow:
+            while self._allowance is not None and self._sent + n > self._allowance:
+                left = deadline - time.monotonic()
+                if self.closing.is_set() or left <= 0:
+                    return not self.closing.is_set()
+                self._flow.wait(min(left, 0.1))
+            self._sent += n
+            return True
 
     def _take_faults(self, method: str, path: str) -> tuple[int | None, int | None]:
         with self._lock:
@@ -262,6 +292,8 @@ class Origin:
                             wait = started + sent / rate - time.monotonic()
                             if wait > 0 and origin.closing.wait(wait):
                                 return
+                        if not origin._admit(len(piece)):
+                            return
                         if drop is not None and sent + len(piece) > drop:
                             record.body_bytes = drop
                             self.wfile.write(piece[: max(0, drop - sent)])
