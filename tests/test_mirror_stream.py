@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -268,37 +267,12 @@ def test_serve_rejects_a_bad_max_bytes_in_one_line(tmp_path: Path) -> None:
 # -- the proof: 8 real huggingface_hub clients through one cold mirror ---------------------
 CLIENTS = 8
 BIG = 32 * MIB
-CLIENT = textwrap.dedent("""
-    import sys
-    from tqdm import tqdm
-    from huggingface_hub import constants, hf_hub_download
-
-    # huggingface_hub reports progress per 10 MiB read; a finer grain shows the first bytes.
-    constants.DOWNLOAD_CHUNK_SIZE = 64 * 1024
-
-    class FirstBytes(tqdm):
-        seen = False
-
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-        def update(self, n=1):
-            if n and not FirstBytes.seen:
-                FirstBytes.seen = True
-                print("first-bytes", flush=True)
-            return super().update(n)
-
-    print("ready", flush=True)
-    sys.stdin.readline()  # all clients start together
-    path = hf_hub_download(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3],
-                           tqdm_class=FirstBytes)
-    print("path", path, flush=True)
-""")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Client:
-    """One huggingface_hub process; records the CDN's bytes when its first bytes came."""
+    """One huggingface_hub process (devtools/hf_client.py); records the CDN's body bytes
+    when the client's first bytes came."""
 
     def __init__(self, home: Path, endpoint: str, hub: HubEmulator) -> None:
         env = {
@@ -311,15 +285,20 @@ class Client:
         env.pop("HF_TOKEN", None)
         self.hub = hub
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CLIENT, REPO, FILE, str(home / "hub")],
+            [sys.executable, "-m", "devtools.hf_client", REPO, FILE, str(home / "hub")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
+            text=True, env=env, cwd=ROOT,
         )  # fmt: skip
         self.ready = threading.Event()
         self.origin_at_first: int | None = None
         self.path: Path | None = None
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._drain, daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -332,6 +311,10 @@ class Client:
             elif word == "path":
                 self.path = Path(rest)
 
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        self.stderr.extend(self.proc.stderr)
+
     def go(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write("go\n")
@@ -339,12 +322,15 @@ class Client:
 
     def finish(self) -> str:
         try:
-            _, err = self.proc.communicate(timeout=120)
+            self.proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        self._reader.join(timeout=10)
-        return err
+            self.proc.wait(timeout=30)
+        for t in self._readers:
+            t.join(timeout=10)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        return "".join(self.stderr)
 
 
 def test_eight_huggingface_hub_clients_stream_one_cold_pull(
