@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from devtools.genmodel import random_bytes
-from devtools.hub_emulator import HubEmulator
+from devtools.hub_emulator import HubEmulator, git_blob_sha1
 from modelfetch import ModelSource
 from modelfetch.mirror import MirrorServer
 
@@ -123,6 +123,32 @@ def test_head_and_get_of_a_cold_file_are_answered_while_the_pull_runs(
     assert hub.cdn.body_bytes() == SIZE  # one pull for all of them
     entry = mirror.cache.get(ModelSource.huggingface(REPO, FILE))
     assert entry is not None and entry.sha256 == sha and entry.commit == commit
+
+
+def test_a_git_stored_file_streams_under_its_git_blob_id(
+    tmp_path: Path, hub: HubEmulator, model: bytes
+) -> None:
+    """A file kept in git (not LFS) is answered as the hub does, by its git blob id, known
+    from the hub's description: so it streams too, and the finished entry says the same."""
+    name = "notes.txt"
+    commit = hub.create_repo(REPO, {name: model}, lfs=False)
+    blob_id = git_blob_sha1(model)
+    path = f"/{REPO}/resolve/main/{name}"
+    hub.hub.pause_after(SIZE - MIB)  # git files come from the hub itself, not the CDN
+    with MirrorServer(tmp_path / "m", upstream=hub.endpoint) as m:
+        conn = connect(m)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.headers["ETag"] == f'"{blob_id}"'
+        assert resp.headers["X-Repo-Commit"] == commit and "X-Linked-Etag" not in resp.headers
+        first = resp.read(MIB)
+        assert first == model[:MIB] and hub.hub.body_bytes() < SIZE
+        hub.hub.resume()
+        rest, complete = read_fully(resp)
+        assert complete and first + rest == model
+        head = connect(m)  # now a cache hit, with the same identity
+        head.request("HEAD", path)
+        assert head.getresponse().headers["ETag"] == f'"{blob_id}"'
 
 
 def test_a_client_pinning_the_commit_joins_the_running_pull(
