@@ -56,7 +56,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .cache import Cache, CacheEntry
 from .cache.part import part_paths
@@ -548,7 +548,9 @@ class MirrorServer:
         pull = self._pulls.get(source.cache_key) or self._pull_at_commit(source)
         if pull is None:
             pull = self._start_pull(source)
-        either: set[asyncio.Future[object]] = {pull.future, pull.fill.description}  # type: ignore[arg-type]
+        # Until the hub has described the file (then it may be served while it is pulled)
+        # or the pull has ended, whichever comes first.
+        either: list[asyncio.Future[Any]] = [pull.future, pull.fill.description]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not pull.future.done() and pull.fill.streamable():
             return pull
