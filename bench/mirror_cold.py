@@ -6,7 +6,8 @@ Printed per client: time to first byte (from the common start), the CDN's body b
 by then (as a fraction of the file: below 1.0 means the client was served while the
 upstream download still ran), and its wall time. Then the CDN's body bytes in all (1.0x:
 one download for everyone) and how many HEAD and GET requests the mirror saw (one each per
-client: no first request timed out and was asked again). Every client's file is checked
+client: no first request timed out and was asked again), and when the upstream download
+ended. Every client's file is checked
 against the SHA-256. Results go to bench/results/mirror-cold.json.
 
 Usage: bash bench/mirror_cold.sh [--size-mib 1024] [--clients 8] [--rate-mb 10]
@@ -25,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devtools.genmodel import random_bytes
 from devtools.hub_emulator import HubEmulator
@@ -104,6 +106,21 @@ def start_mirror(cache: Path, upstream: str) -> tuple[subprocess.Popen[str], str
     return proc, url, lines
 
 
+def watch_origin(hub: HubEmulator, size: int) -> list[float]:
+    """Fills in (every 0.1 s) when the CDN had sent the whole file: the upstream download's end."""
+    done: list[float] = []
+
+    def watch() -> None:
+        for _ in range(100_000):
+            if hub.cdn.body_bytes() >= size:
+                done.append(time.time())
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -112,7 +129,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def run(args: argparse.Namespace) -> dict[str, object]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     size = args.size_mib * 1024 * 1024
     work = args.workdir
     shutil.rmtree(work, ignore_errors=True)
@@ -138,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 assert c.proc.stdin is not None
                 c.proc.stdin.write("go\n")
                 c.proc.stdin.flush()
+            origin_done = watch_origin(hub, size)
             limit = size / (args.rate_mb * 1e6) * 4 + 300
             for c in clients:
                 c.proc.wait(timeout=max(1.0, limit - (time.time() - start)))
@@ -173,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "rate_mb_per_connection": args.rate_mb,
         "origin_bytes": origin,
         "origin_ratio": origin / size,
+        "origin_done_s": origin_done[0] - start if origin_done else None,
         "mirror_heads": heads,
         "mirror_gets": gets,
         "per_client": rows,
@@ -180,14 +199,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def show(result: dict[str, object]) -> None:
-    size = int(result["size_bytes"])  # type: ignore[call-overload]
+def show(result: dict[str, Any]) -> None:
+    size = int(result["size_bytes"])
     print(
         f"{result['clients']} huggingface_hub clients, one cold mirror, "
         f"{size / 2**20:.0f} MiB at {result['rate_mb_per_connection']} MB/s per CDN connection"
     )
     print(f"{'client':<10} {'first byte s':>12} {'origin sent then':>17} {'wall s':>8}  ok")
-    for row in result["per_client"]:  # type: ignore[attr-defined]
+    for row in result["per_client"]:
         first = row["first_byte_s"]
         frac = row["origin_fraction_at_first_byte"]
         wall = row["wall_s"]
@@ -196,6 +215,9 @@ def show(result: dict[str, object]) -> None:
             f"{'-' if frac is None else f'{frac:.3f}x':>17} "
             f"{'-' if wall is None else f'{wall:.1f}':>8}  {'yes' if row['ok'] else 'NO'}"
         )
+    done = result["origin_done_s"]
+    if done is not None:
+        print(f"the upstream download (mirror <- CDN) ended at {float(done):.1f} s")
     print(
         f"origin (CDN) bytes: {result['origin_bytes']} = {result['origin_ratio']:.4f}x the file; "
         f"mirror saw {result['mirror_heads']} HEAD and {result['mirror_gets']} GET; "

@@ -418,6 +418,9 @@ class HubEmulator:
         # LFS files, by its git blob id for git files), with every header left as it was.
         self.tampered: dict[str, bytes] = {}
         self._secret = secrets.token_bytes(32)
+        # Per-blob digests, computed once: hashing a large blob on every request would make
+        # the emulator, not the client under test, the slow part of a benchmark.
+        self._digests: dict[tuple[str, str], str] = {}
         self._clock_offset = 0.0
         self._counter = itertools.count(1)
         self._lock = threading.RLock()
@@ -492,6 +495,9 @@ class HubEmulator:
                 tree[path] = RepoFile.make(data, in_lfs)
                 if in_lfs:
                     self.blobs[tree[path].sha256] = data
+                    self._digest("md5", tree[path].sha256, data)  # now, not on a request
+                    if self.xet:
+                        self._digest("xet", tree[path].sha256, data)
             seed = f"{repo_id}\n{parent}\n{next(self._counter)}\n" + "\n".join(
                 f"{p} {f.git_oid}" for p, f in sorted(tree.items())
             )
@@ -523,6 +529,21 @@ class HubEmulator:
                 return repo.commits[revision]
             oid = repo.branches.get(revision) or repo.tags.get(revision)
             return repo.commits[oid] if oid else None
+
+    def _digest(self, kind: str, sha256: str, data: bytes) -> str:
+        """The CDN's MD5 ETag (quoted) or the Xet hash of ``data`` (whose SHA-256 is
+        ``sha256``), computed once per blob."""
+        key = (kind, sha256)
+        with self._lock:
+            known = self._digests.get(key)
+        if known is None:
+            if kind == "md5":
+                known = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+            else:
+                known = hashlib.sha256(b"xet:" + data).hexdigest()
+            with self._lock:
+                self._digests[key] = known
+        return known
 
     # -- signing -------------------------------------------------------------------------
     def _sign(self, path: str, params: list[tuple[str, str]]) -> str:
@@ -584,7 +605,7 @@ class HubEmulator:
                 403, problem, "The request signature we calculated does not match"
             )
         data = self.blobs[m.group(1)]
-        etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+        etag = self._digest("md5", m.group(1), data)
         data = self.tampered.get(m.group(1), data)
         headers = [
             ("Content-Type", "application/octet-stream"),
@@ -665,7 +686,7 @@ class HubEmulator:
             ("Content-Type", "text/plain; charset=utf-8"),
         ]
         if self.xet:
-            xet_hash = hashlib.sha256(b"xet:" + entry.data).hexdigest()
+            xet_hash = self._digest("xet", entry.sha256, entry.data)
             auth = f"{self.endpoint}/api/models/{repo_id}/xet-read-token/{commit.oid}"
             headers += [("X-Xet-Hash", xet_hash), ("Link", f'<{auth}>; rel="xet-auth"')]
         return Reply(302, headers, f"Found. Redirecting to {location}".encode())
@@ -784,7 +805,7 @@ class HubEmulator:
                 pointer = len(lfs_pointer(f.data))
                 item["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": pointer}
                 if self.xet:
-                    item["xetHash"] = hashlib.sha256(b"xet:" + f.data).hexdigest()
+                    item["xetHash"] = self._digest("xet", f.sha256, f.data)
             files.append(item)
         folders: list[dict[str, object]] = [
             {"type": "directory", "oid": _tree_oid(commit.oid, d), "size": 0, "path": d}
