@@ -481,10 +481,7 @@ class MirrorServer:
         while left > 0:
             step = min(left, _SEND_CHUNK)
             # A client that stops reading is dropped after io_timeout, not kept forever.
-            sent = await asyncio.wait_for(
-                loop.sendfile(writer.transport, reply.file, offset, step),
-                timeout=self.io_timeout,
-            )
+            sent = await _sendfile(loop, writer, reply.file, offset, step, self.io_timeout)
             if sent <= 0:
                 raise ConnectionError("client stopped reading")
             offset += sent
@@ -501,9 +498,7 @@ class MirrorServer:
             file, available = await stream.span(pos, self.io_timeout)
             step = min(end, available, pos + _SEND_CHUNK) - pos
             stream.started = True
-            sent = await asyncio.wait_for(
-                loop.sendfile(writer.transport, file, pos, step), timeout=self.io_timeout
-            )
+            sent = await _sendfile(loop, writer, file, pos, step, self.io_timeout)
             if sent <= 0:
                 raise ConnectionError("client stopped reading")
             pos += sent
@@ -770,6 +765,23 @@ def _plan(request: Request, size: int, etag: str, extra: dict[str, str]) -> Repl
     if status == 206:
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return Reply(status, headers, offset=start, length=max(0, end - start + 1))
+
+
+async def _sendfile(
+    loop: asyncio.AbstractEventLoop,
+    writer: asyncio.StreamWriter,
+    file: BinaryIO,
+    offset: int,
+    count: int,
+    timeout: float,
+) -> int:
+    """One sendfile step; a client that stops reading is dropped after ``timeout``."""
+    try:
+        return await asyncio.wait_for(
+            loop.sendfile(writer.transport, file, offset, count), timeout=timeout
+        )
+    except RuntimeError as exc:  # asyncio's "Transport is closing": the client went away
+        raise ConnectionError(str(exc)) from None
 
 
 def _has_body(request: Request) -> bool:
