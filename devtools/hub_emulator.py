@@ -25,7 +25,8 @@ Repos live in memory: branches and tags point at commits (40-hex), a commit maps
 bytes and whether they are in LFS. ``push``/``move_branch``/``tag`` are thread-safe and
 may run while a download is under way. Each origin keeps a request log (method, path,
 headers, status, body bytes sent) and has switchable faults: a per-connection rate limit,
-dropping a body after N bytes, failing the next N requests with a status.
+dropping a body after N bytes, failing the next N requests with a status, and a pause
+(``pause_after(n)``: no body bytes beyond the first n in all until ``resume()``).
 
 Time: ``advance_clock(seconds)`` moves the emulator's clock, so tests can expire every URL
 handed out so far without waiting. ``X-Amz-Date`` is rounded *up* to the second, so a URL
@@ -56,6 +57,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _TEXT_SUFFIXES = (".md", ".json", ".txt", ".py", ".yaml", ".yml", ".jinja", ".gitattributes")
 _AMZ_DATE = "%Y%m%dT%H%M%SZ"
+PAUSE_LIMIT = 120.0  # seconds a paused body waits for resume() at most
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -160,6 +162,10 @@ class Origin:
         self.on_request: Callable[[LoggedRequest], None] | None = None
         self.closing = threading.Event()
         self._lock = threading.Lock()
+        # pause_after(): body bytes this origin may send in all before resume() (None: any).
+        self._allowance: int | None = None
+        self._sent = 0
+        self._flow = threading.Condition()
         self._route = route
         self.httpd = _Server((host, 0), self._handler_class())
         self.httpd.daemon_threads = True
@@ -194,6 +200,30 @@ class Origin:
         """Body bytes this origin sent so far (what a download cost it)."""
         with self._lock:
             return sum(r.body_bytes for r in self.log)
+
+    def pause_after(self, total: int) -> None:
+        """Hold every body before this origin would have sent more than ``total`` body
+        bytes in all (counted from its start), until ``resume()``: a download kept short
+        of its end for as long as a test needs (at most PAUSE_LIMIT seconds)."""
+        with self._flow:
+            self._allowance = total
+
+    def resume(self) -> None:
+        with self._flow:
+            self._allowance = None
+            self._flow.notify_all()
+
+    def _admit(self, n: int) -> bool:
+        """Wait until ``n`` more body bytes may go out; False if the origin is closing."""
+        deadline = time.monotonic() + PAUSE_LIMIT
+        with self._flow:
+            while self._allowance is not None and self._sent + n > self._allowance:
+                left = deadline - time.monotonic()
+                if self.closing.is_set() or left <= 0:
+                    return not self.closing.is_set()
+                self._flow.wait(min(left, 0.1))
+            self._sent += n
+            return True
 
     def _take_faults(self, method: str, path: str) -> tuple[int | None, int | None]:
         with self._lock:
@@ -262,6 +292,8 @@ class Origin:
                             wait = started + sent / rate - time.monotonic()
                             if wait > 0 and origin.closing.wait(wait):
                                 return
+                        if not origin._admit(len(piece)):
+                            return
                         if drop is not None and sent + len(piece) > drop:
                             record.body_bytes = drop
                             self.wfile.write(piece[: max(0, drop - sent)])
@@ -386,6 +418,9 @@ class HubEmulator:
         # LFS files, by its git blob id for git files), with every header left as it was.
         self.tampered: dict[str, bytes] = {}
         self._secret = secrets.token_bytes(32)
+        # Per-blob digests, computed once: hashing a large blob on every request would make
+        # the emulator, not the client under test, the slow part of a benchmark.
+        self._digests: dict[tuple[str, str], str] = {}
         self._clock_offset = 0.0
         self._counter = itertools.count(1)
         self._lock = threading.RLock()
@@ -460,6 +495,9 @@ class HubEmulator:
                 tree[path] = RepoFile.make(data, in_lfs)
                 if in_lfs:
                     self.blobs[tree[path].sha256] = data
+                    self._digest("md5", tree[path].sha256, data)  # now, not on a request
+                    if self.xet:
+                        self._digest("xet", tree[path].sha256, data)
             seed = f"{repo_id}\n{parent}\n{next(self._counter)}\n" + "\n".join(
                 f"{p} {f.git_oid}" for p, f in sorted(tree.items())
             )
@@ -491,6 +529,21 @@ class HubEmulator:
                 return repo.commits[revision]
             oid = repo.branches.get(revision) or repo.tags.get(revision)
             return repo.commits[oid] if oid else None
+
+    def _digest(self, kind: str, sha256: str, data: bytes) -> str:
+        """The CDN's MD5 ETag (quoted) or the Xet hash of ``data`` (whose SHA-256 is
+        ``sha256``), computed once per blob."""
+        key = (kind, sha256)
+        with self._lock:
+            known = self._digests.get(key)
+        if known is None:
+            if kind == "md5":
+                known = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+            else:
+                known = hashlib.sha256(b"xet:" + data).hexdigest()
+            with self._lock:
+                self._digests[key] = known
+        return known
 
     # -- signing -------------------------------------------------------------------------
     def _sign(self, path: str, params: list[tuple[str, str]]) -> str:
@@ -552,7 +605,7 @@ class HubEmulator:
                 403, problem, "The request signature we calculated does not match"
             )
         data = self.blobs[m.group(1)]
-        etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+        etag = self._digest("md5", m.group(1), data)
         data = self.tampered.get(m.group(1), data)
         headers = [
             ("Content-Type", "application/octet-stream"),
@@ -633,7 +686,7 @@ class HubEmulator:
             ("Content-Type", "text/plain; charset=utf-8"),
         ]
         if self.xet:
-            xet_hash = hashlib.sha256(b"xet:" + entry.data).hexdigest()
+            xet_hash = self._digest("xet", entry.sha256, entry.data)
             auth = f"{self.endpoint}/api/models/{repo_id}/xet-read-token/{commit.oid}"
             headers += [("X-Xet-Hash", xet_hash), ("Link", f'<{auth}>; rel="xet-auth"')]
         return Reply(302, headers, f"Found. Redirecting to {location}".encode())
@@ -752,7 +805,7 @@ class HubEmulator:
                 pointer = len(lfs_pointer(f.data))
                 item["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": pointer}
                 if self.xet:
-                    item["xetHash"] = hashlib.sha256(b"xet:" + f.data).hexdigest()
+                    item["xetHash"] = self._digest("xet", f.sha256, f.data)
             files.append(item)
         folders: list[dict[str, object]] = [
             {"type": "directory", "oid": _tree_oid(commit.oid, d), "size": 0, "path": d}

@@ -113,6 +113,23 @@ def test_prune_by_age_and_bytes_lru(
     assert report.freed_bytes == sum(e.bytes for e in report.removed)
 
 
+def test_prune_by_bytes_skips_entries_in_use(
+    server: FaultServer, opts: EnsureOptions, cache_dir: Path
+) -> None:
+    """The mirror's --max-bytes: what ``keep`` says is in use stays, the next LRU goes."""
+    urls = _fill(server, opts, 3, size=100_000)
+    cache = Cache(cache_dir)
+    now = time.time()
+    for i, url in enumerate(urls):  # entry i was last used i hours ago
+        d = cache.entry_dir(ModelSource.parse(url))
+        os.utime(d, (now - i * 3600, now - i * 3600))
+    oldest = ModelSource.parse(urls[2]).display
+    report = cache.prune(max_bytes=200_000, keep=lambda e: e.source == oldest)
+    assert [e.source for e in report.removed] == [ModelSource.parse(urls[1]).display]
+    assert report.busy_skipped == 1
+    assert {e.source for e in cache.list()} == {oldest, ModelSource.parse(urls[0]).display}
+
+
 def test_prune_dry_run_removes_nothing(
     server: FaultServer, opts: EnsureOptions, cache_dir: Path
 ) -> None:

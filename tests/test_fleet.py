@@ -420,3 +420,45 @@ def test_two_mirror_replicas_share_one_upstream_download(
     for replica in replicas:  # each replica holds a verified entry with the hub's commit
         entry = replica.cache.get(ModelSource.huggingface(repo, name))
         assert entry is not None and entry.sha256 == sha and entry.commit == commit
+
+
+def test_a_follower_replica_streams_the_leaders_download_to_its_clients(
+    hub: HubEmulator, seaweed: SeaweedFS, tier_url: str, tmp_path: Path, model: bytes
+) -> None:
+    """Replica 0 pulls from the CDN for the fleet; replica 1 follows through the tier and
+    streams the chunks to its client as they arrive: the client gets bytes while the CDN
+    holds back the file's last MiB, so before the upstream download can have ended."""
+    repo, name = "TheOrg/Fleet-GGUF", "fleet-Q4_K_M.gguf"
+    hub.create_repo(repo, {name: model})
+    hub.cdn.rate = 1.6e6
+    hub.cdn.pause_after(len(model) - 1024 * 1024)
+    opts = EnsureOptions(
+        remote=tier_url,
+        remote_endpoint=seaweed.endpoint,
+        remote_lease_ttl=CALM_TTL,
+        remote_chunk_size=CHUNK,
+    )
+    path = f"/{repo}/resolve/main/{name}"
+    replicas = [
+        MirrorServer(tmp_path / f"mirror{i}", upstream=hub.endpoint, options=opts) for i in range(2)
+    ]
+    pool = urllib3.PoolManager()
+    try:
+        for replica in replicas:
+            replica.start()
+        lead = pool.request("GET", replicas[0].url + path, preload_content=False, timeout=60)
+        wait_for(lambda: len(hub.cdn.requests("GET")) > 0, 30, "the leader's download")
+        follow = pool.request("GET", replicas[1].url + path, preload_content=False, timeout=60)
+        assert follow.status == 200 and follow.headers["Content-Length"] == str(len(model))
+        first = follow.read(CHUNK)
+        assert first == model[:CHUNK] and hub.cdn.body_bytes() < len(model)
+        hub.cdn.resume()
+        assert first + follow.read() == model
+        assert lead.read() == model
+    finally:
+        hub.cdn.resume()
+        for replica in replicas:
+            replica.stop()
+    assert hub.cdn.body_bytes() == len(model)
+    via = replicas[1].cache.get(ModelSource.huggingface(repo, name))
+    assert via is not None and via.sha256 == hashlib.sha256(model).hexdigest()

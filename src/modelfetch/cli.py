@@ -639,6 +639,11 @@ def _verified_name(directory: Path) -> str:
 @click.option("--offline", is_flag=True, help="Serve only what is cached; never pull.")
 @click.option("--remote", envvar="MODELFETCH_REMOTE", help="Shared tier s3://bucket/prefix.")
 @click.option(
+    "--max-bytes",
+    help="Keep the cache within this size (e.g. 500G): after each pull, remove the least "
+    "recently used entries nobody is reading.",
+)
+@click.option(
     "-v",
     "--verbose",
     count=True,
@@ -652,10 +657,13 @@ def serve(
     upstream: str | None,
     offline: bool,
     remote: str | None,
+    max_bytes: str | None,
     verbose: int,
 ) -> None:
     """Serve the cache over HTTP, with a Hugging Face compatible resolve route."""
     from .mirror import MirrorServer
+
+    cap = parse_size(max_bytes) if max_bytes is not None else None
 
     if verbose:
         logging.basicConfig(
@@ -676,6 +684,7 @@ def serve(
         upstream=upstream,
         offline=offline,
         options=EnsureOptions(remote=remote),
+        max_bytes=cap,
     )
     click.echo(f"modelfetch mirror on {server.url} (cache {server.cache.root})", err=True)
     click.echo(f"use it with: HF_ENDPOINT={server.url}", err=True)

@@ -291,7 +291,7 @@ def _lookup_hit(src: ModelSource, opts: EnsureOptions, cache: Cache) -> CacheEnt
 def _ensure_one(
     src: ModelSource, opts: EnsureOptions, cache: Cache, pins: Pins | None = None
 ) -> CacheEntry:
-    emitter = ProgressEmitter(opts.progress, src.display)
+    emitter = ProgressEmitter(opts.progress, src.display, watcher=opts.watcher)
     policy = _policy(src, opts)
 
     if policy is CachePolicy.NO_CACHE:

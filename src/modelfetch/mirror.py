@@ -9,7 +9,9 @@ Routes:
   the hub, an LFS file's answer carries ``ETag``/``X-Linked-Etag`` (its SHA-256) and
   ``X-Linked-Size``, a git-stored file's carries ``ETag: "<git blob id>"`` and no
   ``X-Linked-*``; both carry ``X-Repo-Commit``. Clients name their cached copy after that
-  ETag (huggingface_hub's ``blobs/``), so it must be the hub's.
+  ETag (huggingface_hub's ``blobs/``), so it must be the hub's. A ``HEAD`` is answered as
+  soon as the hub has described the file, and its body streams to every client while the
+  pull runs (mirror_stream.py); the last byte goes out only once the whole file is verified.
 * ``GET /api/models/{repo}[/revision/{rev}]`` and ``/api/models/{repo}/tree/{rev}[/{path}]``
   (paginated with ``Link``): what ``snapshot_download`` and ``hf download`` ask before the
   files, pulled through and kept per commit, with Xet stripped (mirror_api.py).
@@ -29,6 +31,10 @@ backlog is real, and blocking work (cache lookups, file opens) runs in a bounded
 pool; pulls from the upstream run in a pool of their own, one per file however many
 clients wait for it, so misses never hold up hits.
 
+With ``max_bytes`` the cache is kept to that size after each pull: the least recently used
+entries nobody is reading are removed (``Cache.prune``); an entry being sent to a client or
+being downloaded is never removed.
+
 Logs never contain a query string: a request target is logged as its path, with
 ``?<redacted>`` in place of any query.
 """
@@ -45,17 +51,22 @@ import socket
 import stat
 import threading
 import urllib.parse
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from .cache import Cache, CacheEntry
+from .cache.part import part_paths
 from .cancel import CancelToken
 from .core.httpwire import serve_range
 from .ensure import ensure
 from .errors import CacheMissError, DownloadError, InvalidSourceError, ModelFetchError
 from .mirror_api import PAGE_SIZE, MirrorApi
-from .options import CachePolicy, EnsureOptions
+from .mirror_stream import Fill, FillReader, StreamCut
+from .options import CachePolicy, EnsureOptions, env_remote
 from .redact import REDACTED, printable
 from .source import HubFile, ModelSource
 
@@ -76,8 +87,14 @@ def synthetic_commit(repo_id: str, revision: str) -> str:
 
 def served_commit(entry: CacheEntry, source: HubFile) -> str:
     """What X-Repo-Commit says for ``entry``: the hub's commit, else a stable stand-in."""
-    if entry.commit is not None:
-        return entry.commit
+    return commit_or_standin(entry.commit, source)
+
+
+def commit_or_standin(commit: str | None, source: HubFile) -> str:
+    """``commit`` (the hub's), else the source's revision if it is a commit id, else a
+    stable stand-in: the same for a file being pulled as for the entry it becomes."""
+    if commit is not None:
+        return commit
     if re.fullmatch(r"[0-9a-f]{40}", source.revision):
         return source.revision
     return synthetic_commit(source.repo_id, source.revision)
@@ -114,6 +131,35 @@ class Reply:
     file: BinaryIO | None = None  # sent from ``offset``, ``length`` bytes
     offset: int = 0
     length: int = 0
+    stream: FillReader | None = None  # like ``file``, from a file still being pulled
+    release: Callable[[], None] | None = None  # called once the answer is sent (or not)
+
+    @property
+    def body_size(self) -> int:
+        return self.length if self.file is not None or self.stream is not None else len(self.body)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.stream is not None:
+            self.stream.close()
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+
+@dataclass
+class Pull:
+    """One pull from the upstream, shared by every client that asks for the file meanwhile."""
+
+    source: HubFile
+    fill: Fill
+    future: asyncio.Future[CacheEntry]
+
+    def commit(self) -> str | None:
+        """The commit clients are told, once the hub has described the file."""
+        info = self.fill.info
+        return None if info is None else commit_or_standin(info.commit, self.source)
 
 
 _REASONS = {
@@ -183,8 +229,10 @@ class MirrorServer:
         idle_timeout: float = 30.0,
         io_timeout: float = 60.0,
         api_page_size: int = PAGE_SIZE,
+        max_bytes: int | None = None,
     ) -> None:
         self.cache = Cache(cache_dir)
+        self.max_bytes = max_bytes
         base = options or EnsureOptions()
         self._stopping = CancelToken()  # fired by stop(): running pulls keep their parts
         self.options = base.merged(
@@ -204,7 +252,11 @@ class MirrorServer:
         self.server_address: tuple[str, int] = self.sock.getsockname()[:2]
         self._work = ThreadPoolExecutor(workers, thread_name_prefix="modelfetch-mirror")
         self._pull_pool = ThreadPoolExecutor(pulls, thread_name_prefix="modelfetch-pull")
-        self._pulls: dict[str, asyncio.Future[CacheEntry]] = {}
+        self._pulls: dict[str, Pull] = {}
+        # Entry directory name -> answers being sent from it (never evicted meanwhile).
+        self._readers: Counter[str] = Counter()
+        self._readers_lock = threading.Lock()
+        self._evict_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Event | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -355,7 +407,7 @@ class MirrorServer:
                     request.method[:16],
                     loggable_target(request.target),
                     reply.status,
-                    reply.length if reply.file is not None else len(reply.body),
+                    reply.body_size,
                 )
                 if not await self._send(writer, request, reply) or not keep:
                     return
@@ -379,12 +431,7 @@ class MirrorServer:
             if isinstance(source, Reply):
                 return source
             if source is not None:
-                entry_or_reply = await self._entry_for(source)
-                if isinstance(entry_or_reply, Reply):
-                    return entry_or_reply
-                return await loop.run_in_executor(
-                    self._work, self._entry_reply, request, entry_or_reply, source
-                )
+                return await self._hub_file(request, source)
             return await loop.run_in_executor(self._work, self._plain_route, request)
         except ModelFetchError as exc:  # e.g. a cache root refused as unsafe
             return text_reply(500, f"{printable(str(exc))}\n")
@@ -395,9 +442,10 @@ class MirrorServer:
     async def _send(
         self, writer: asyncio.StreamWriter, request: Request | None, reply: Reply
     ) -> bool:
-        """Write the answer; False if the client went away or stopped reading."""
+        """Write the answer; False if the client went away or stopped reading, or if the
+        body could not be completed (the connection is then closed: a short body)."""
         head_only = request is not None and request.method == "HEAD"
-        size = reply.length if reply.file is not None else len(reply.body)
+        size = reply.body_size
         lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}"]
         headers = {
             "Server": "modelfetch-mirror",
@@ -411,14 +459,18 @@ class MirrorServer:
             if not head_only:
                 if reply.file is not None:
                     await self._send_file(writer, reply)
+                elif reply.stream is not None:
+                    await self._send_stream(writer, reply, reply.stream)
                 else:
                     writer.write(reply.body)
             await asyncio.wait_for(writer.drain(), timeout=self.io_timeout)
+        except StreamCut as exc:
+            log.warning("cut a response short: %s", exc)
+            return False
         except (ConnectionError, asyncio.TimeoutError, OSError):
             return False
         finally:
-            if reply.file is not None:
-                reply.file.close()
+            reply.close()
         return True
 
     async def _send_file(self, writer: asyncio.StreamWriter, reply: Reply) -> None:
@@ -429,14 +481,27 @@ class MirrorServer:
         while left > 0:
             step = min(left, _SEND_CHUNK)
             # A client that stops reading is dropped after io_timeout, not kept forever.
-            sent = await asyncio.wait_for(
-                loop.sendfile(writer.transport, reply.file, offset, step),
-                timeout=self.io_timeout,
-            )
+            sent = await _sendfile(loop, writer, reply.file, offset, step, self.io_timeout)
             if sent <= 0:
                 raise ConnectionError("client stopped reading")
             offset += sent
             left -= sent
+
+    async def _send_stream(
+        self, writer: asyncio.StreamWriter, reply: Reply, stream: FillReader
+    ) -> None:
+        """Send bytes of a file being pulled as the pull makes them available."""
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(writer.drain(), timeout=self.io_timeout)
+        pos, end = reply.offset, reply.offset + reply.length
+        while pos < end:  # every turn sends at least one byte, or raises
+            file, available = await stream.span(pos, self.io_timeout)
+            step = min(end, available, pos + _SEND_CHUNK) - pos
+            stream.started = True
+            sent = await _sendfile(loop, writer, file, pos, step, self.io_timeout)
+            if sent <= 0:
+                raise ConnectionError("client stopped reading")
+            pos += sent
 
     # -- routes -----------------------------------------------------------------------------
     def _resolve_source(self, target: str) -> HubFile | Reply | None:
@@ -452,21 +517,40 @@ class MirrorServer:
         except InvalidSourceError as exc:
             return text_reply(400, f"{exc}\n")
 
-    async def _entry_for(self, source: HubFile) -> CacheEntry | Reply:
+    async def _hub_file(self, request: Request, source: HubFile) -> Reply:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # a second time if the entry was evicted between lookup and open
+            found = await self._entry_for(source)
+            if isinstance(found, Reply):
+                return found
+            if isinstance(found, Pull):
+                return self._fill_reply(request, found)
+            reply = await loop.run_in_executor(
+                self._work, self._entry_reply, request, found, source
+            )
+            if reply is not None:
+                return reply
+        return text_reply(503, "entry vanished; try again\n")
+
+    async def _entry_for(self, source: HubFile) -> CacheEntry | Pull | Reply:
         """A verified entry: a cached one at once, else one pull from the upstream that all
-        the clients asking for this file share."""
+        the clients asking for this file share; that pull itself once the hub has described
+        the file, if it can be served while it runs."""
         loop = asyncio.get_running_loop()
         hit = await loop.run_in_executor(self._work, self._cached_at_commit, source)
         if hit is not None:
             return hit
-        key = source.cache_key
-        pull = self._pulls.get(key)
+        pull = self._pulls.get(source.cache_key) or self._pull_at_commit(source)
         if pull is None:
-            pull = loop.run_in_executor(self._pull_pool, ensure, source, self.options)
-            self._pulls[key] = pull
-            pull.add_done_callback(lambda _: self._pulls.pop(key, None))
+            pull = self._start_pull(source)
+        # Until the hub has described the file (then it may be served while it is pulled)
+        # or the pull has ended, whichever comes first.
+        either: list[asyncio.Future[Any]] = [pull.future, pull.fill.description]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not pull.future.done() and pull.fill.streamable():
+            return pull
         try:
-            return await asyncio.shield(pull)
+            return await asyncio.shield(pull.future)
         except CacheMissError:
             return text_reply(404, "not in this offline mirror\n")
         except DownloadError as exc:
@@ -474,6 +558,106 @@ class MirrorServer:
             return text_reply(code, f"upstream: {printable(str(exc))}\n")
         except ModelFetchError as exc:
             return text_reply(502, f"{printable(str(exc))}\n")
+
+    def _start_pull(self, source: HubFile) -> Pull:
+        loop = asyncio.get_running_loop()
+        part = part_paths(self.cache.entry_dir(source), source.file_name)[0]
+        fill = Fill(loop, part)
+        future = loop.run_in_executor(self._pull_pool, self._pull, source, fill)
+        pull = Pull(source, fill, future)
+        key = source.cache_key
+        self._pulls[key] = pull
+        future.add_done_callback(lambda _: self._pulls.pop(key, None))
+        return pull
+
+    def _pull_at_commit(self, source: HubFile) -> Pull | None:
+        """A running pull of the same file at the commit ``source`` names (a client that
+        resolved a branch through us and now asks for its commit, as modelfetch does)."""
+        revision = source.revision
+        if not re.fullmatch(r"[0-9a-f]{40}", revision):
+            return None
+        for pull in self._pulls.values():
+            same_file = (pull.source.repo_id, pull.source.hf_path) == (
+                source.repo_id,
+                source.hf_path,
+            )
+            if same_file and pull.commit() == revision:
+                return pull
+        return None
+
+    def _pull(self, source: HubFile, fill: Fill) -> CacheEntry:
+        """The pull itself (a pull thread): just this file (not a split model's siblings:
+        clients ask for each), watched by ``fill`` so clients can be served while it runs."""
+        opts = self.options.merged(shards=False, watcher=fill)
+        try:
+            if opts.remote or env_remote():
+                opts = self._described_by_hub(source, opts, fill)
+            entry = ensure(source, opts)
+            fill.finish(entry)
+        except BaseException as exc:
+            fill.fail(exc)
+            raise
+        self._remember(source, entry)
+        self._evict()
+        return entry
+
+    @staticmethod
+    def _described_by_hub(source: HubFile, opts: EnsureOptions, fill: Fill) -> EnsureOptions:
+        """With a shared tier, the file may come from another machine without this one
+        asking the hub, so ask first (the HEAD a download sends) and pin what it says: the
+        bytes served are then the ones the first answers described."""
+        from .fetch.base import credentials_for
+        from .fetch.hub import head_hub_file
+
+        url = source.resolve_url(opts.hf_endpoint)
+        creds = credentials_for(source, opts)
+        try:
+            info = head_hub_file(url, creds, opts.connect_timeout, opts.read_timeout, opts.cancel)
+        except DownloadError as exc:
+            if exc.status in (401, 403, 404, 410):
+                raise
+            return opts  # the pull asks again (with retries) if it needs the hub
+        fill.described(info)
+        return opts.merged(
+            sha256=opts.sha256 or info.sha256, git_sha1=opts.git_sha1 or info.git_sha1
+        )
+
+    # -- the size cap -----------------------------------------------------------------------
+    def _reading(self, directory: Path) -> Callable[[], None]:
+        """Count an answer being sent from ``directory``; returns its release."""
+        name = directory.name
+        with self._readers_lock:
+            self._readers[name] += 1
+        released = threading.Event()
+
+        def release() -> None:
+            if released.is_set():
+                return
+            released.set()
+            with self._readers_lock:
+                self._readers[name] -= 1
+                if self._readers[name] <= 0:
+                    del self._readers[name]
+
+        return release
+
+    def _in_use(self, entry: CacheEntry) -> bool:
+        with self._readers_lock:
+            return self._readers.get(entry.directory.name, 0) > 0
+
+    def _evict(self) -> None:
+        """Keep the cache within max_bytes: least recently used entries nobody is reading
+        go first; entries being downloaded are locked, so prune skips them too."""
+        if self.max_bytes is None:
+            return
+        with self._evict_lock:
+            try:
+                report = self.cache.prune(max_bytes=self.max_bytes, keep=self._in_use)
+            except ModelFetchError as exc:
+                log.warning("could not keep the cache within --max-bytes: %s", printable(str(exc)))
+                return
+        for entry in report.removed:
+            log.info("evicted %s (%d bytes, least recently used)", entry.cache_key[:12], entry.size)
 
     def _plain_route(self, request: Request) -> Reply:
         path = urllib.parse.urlsplit(request.target).path
@@ -487,7 +671,8 @@ class MirrorServer:
             entries = [e for e in entries if not e.transient]
             if not entries:
                 return text_reply(404, "no such entry\n")
-            return self._file_reply(request, entries[0], {})
+            reply = self._file_reply(request, entries[0], {})
+            return reply if reply is not None else text_reply(404, "entry vanished\n")
         return text_reply(404, "unknown route\n")
 
     def _api_reply(self, request: Request, path: str) -> Reply:
@@ -498,53 +683,105 @@ class MirrorServer:
         answer = self.api.handle(path, urllib.parse.urlsplit(request.target).query, host)
         return Reply(answer.status, answer.headers, answer.body)
 
-    def _entry_reply(self, request: Request, entry: CacheEntry, source: HubFile) -> Reply:
-        extra = {"X-Repo-Commit": self._remember(source, entry)}
-        if entry.git_sha1 is not None:
-            # A git-stored file, answered as the hub's /api/resolve-cache/ does.
-            return self._file_reply(request, entry, extra, f'"{entry.git_sha1}"')
-        # An LFS file (or one cached without a verified git blob id, answered as before).
-        extra["X-Linked-Etag"] = f'"{entry.sha256}"'
-        extra["X-Linked-Size"] = str(entry.size)
-        return self._file_reply(request, entry, extra)
+    def _entry_reply(self, request: Request, entry: CacheEntry, source: HubFile) -> Reply | None:
+        commit = self._remember(source, entry)
+        # A git-stored file is answered as the hub's /api/resolve-cache/ does; an LFS file
+        # (or one cached without a verified git blob id) by its SHA-256.
+        etag, extra = _served_as(entry.sha256, entry.git_sha1, entry.size, commit)
+        return self._file_reply(request, entry, extra, etag)
+
+    def _fill_reply(self, request: Request, pull: Pull) -> Reply:
+        """The answer for a file still being pulled: the headers the finished file will
+        have, and a body sent as the pull makes it available."""
+        info = pull.fill.info
+        assert info is not None and info.size
+        commit = commit_or_standin(info.commit, pull.source)
+        etag, extra = _served_as(info.sha256, info.git_sha1, info.size, commit)
+        reply = _plan(request, info.size, etag, extra)
+        if reply.status in (200, 206):
+            reply.stream = FillReader(pull.fill, info.size)
+            reply.release = self._reading(self.cache.entry_dir(pull.source))
+        return reply
 
     def _file_reply(
         self, request: Request, entry: CacheEntry, extra: dict[str, str], etag: str | None = None
-    ) -> Reply:
+    ) -> Reply | None:
         """The entry's bytes; ``etag`` (default: the SHA-256) is what ``If-None-Match`` and
-        ``If-Range`` are compared with."""
+        ``If-Range`` are compared with. None if the file is gone (evicted since it was
+        looked up)."""
         try:
             fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
-            return text_reply(404, "entry vanished\n")
+            return None
         fh = os.fdopen(fd, "rb")
         try:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
                 fh.close()
                 return text_reply(500, "entry failed its size check\n")
-            etag = etag or f'"{entry.sha256}"'
-            if request.headers.get("if-none-match") in (etag, "*"):
+            reply = _plan(request, entry.size, etag or f'"{entry.sha256}"', extra)
+            if reply.status not in (200, 206):
                 fh.close()
-                return Reply(304, {"ETag": etag, **extra})
-            status, start, end = 200, 0, entry.size - 1
-            if request.headers.get("if-range") in (None, etag):
-                status, start, end = serve_range(request.headers.get("range"), entry.size)
-            if status == 416:
-                fh.close()
-                return Reply(416, {"Content-Range": f"bytes */{entry.size}"})
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Accept-Ranges": "bytes",
-                "ETag": etag,
-                **extra,
-            }
-            if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
-            return Reply(status, headers, file=fh, offset=start, length=max(0, end - start + 1))
+                return reply
+            reply.file = fh
+            reply.release = self._reading(entry.directory)
+            return reply
         except BaseException:
             fh.close()
             raise
+
+
+def _served_as(
+    sha256: str | None, git_sha1: str | None, size: int, commit: str
+) -> tuple[str, dict[str, str]]:
+    """The ETag and hub headers a file is answered with, as the hub does: a git-stored
+    file by its git blob id, an LFS file by its SHA-256 with ``X-Linked-*``."""
+    if git_sha1 is not None:
+        return f'"{git_sha1}"', {"X-Repo-Commit": commit}
+    assert sha256 is not None
+    return f'"{sha256}"', {
+        "X-Repo-Commit": commit,
+        "X-Linked-Etag": f'"{sha256}"',
+        "X-Linked-Size": str(size),
+    }
+
+
+def _plan(request: Request, size: int, etag: str, extra: dict[str, str]) -> Reply:
+    """Status, headers and the span of a ``size``-byte body to send (no body attached):
+    ``If-None-Match``, one ``Range`` and ``If-Range`` as RFC 9110 says."""
+    if request.headers.get("if-none-match") in (etag, "*"):
+        return Reply(304, {"ETag": etag, **extra})
+    status, start, end = 200, 0, size - 1
+    if request.headers.get("if-range") in (None, etag):
+        status, start, end = serve_range(request.headers.get("range"), size)
+    if status == 416:
+        return Reply(416, {"Content-Range": f"bytes */{size}"})
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        **extra,
+    }
+    if status == 206:
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    return Reply(status, headers, offset=start, length=max(0, end - start + 1))
+
+
+async def _sendfile(
+    loop: asyncio.AbstractEventLoop,
+    writer: asyncio.StreamWriter,
+    file: BinaryIO,
+    offset: int,
+    count: int,
+    timeout: float,
+) -> int:
+    """One sendfile step; a client that stops reading is dropped after ``timeout``."""
+    try:
+        return await asyncio.wait_for(
+            loop.sendfile(writer.transport, file, offset, count), timeout=timeout
+        )
+    except RuntimeError as exc:  # asyncio's "Transport is closing": the client went away
+        raise ConnectionError(str(exc)) from None
 
 
 def _has_body(request: Request) -> bool:

@@ -21,7 +21,7 @@ from .errors import InvalidSourceError
 if TYPE_CHECKING:  # annotations only: options sits below the I/O primitives
     from .budget import ConnectionBudget
     from .cancel import CancelToken
-    from .progress import ProgressCallback
+    from .progress import DownloadWatcher, ProgressCallback
 
 
 if TYPE_CHECKING:
@@ -94,6 +94,9 @@ class EnsureOptions:
     max_connections: int = 32
     # Set by snapshot(): extra connections shared by all the files of one batch.
     connection_budget: ConnectionBudget | None = field(default=None, repr=False)
+    # Set by the mirror: sees the download of the one file asked for (fetch it with
+    # shards=False), so clients can be served its bytes while it runs.
+    watcher: DownloadWatcher | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", CachePolicy(self.policy))

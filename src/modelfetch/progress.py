@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+
+if TYPE_CHECKING:
+    from .fetch.hub import HubFileInfo
 
 EventKind = Literal[
     "cache_hit",  # served from the cache
@@ -45,16 +48,38 @@ TapData: TypeAlias = "memoryview | bytes"
 HashTap: TypeAlias = Callable[[int, TapData, "int | None"], None]
 
 
+class DownloadWatcher(Protocol):
+    """Sees one file's download from the inside, so it can be served while it runs (the
+    mirror). Called from the downloading threads; must be quick and must never raise."""
+
+    def described(self, info: HubFileInfo) -> None:
+        """The hub said what it will send (size, SHA-256 or git blob id, commit)."""
+
+    def hashed(self, offset: int, data: TapData, total: int | None) -> None:
+        """Bytes hashed in file order; they are in the part file. A pass over the file
+        starts at offset 0 (a retry hashes again what it kept)."""
+
+    def restarted(self) -> None:
+        """The part file was discarded: what it held is no longer part of the download."""
+
+
 class ProgressEmitter:
     """Calls the callback for lifecycle events, and for bytes at most every ``interval`` s."""
 
-    def __init__(self, callback: ProgressCallback | None, source: str, interval: float = 0.1):
+    def __init__(
+        self,
+        callback: ProgressCallback | None,
+        source: str,
+        interval: float = 0.1,
+        watcher: DownloadWatcher | None = None,
+    ):
         self._callback = callback
         self._source = source
         self._interval = interval
         self._last = 0.0
         self.tap: HashTap | None = None
         self.listener: Callable[[EventKind], None] | None = None  # sees every event kind
+        self.watcher = watcher
 
     def emit(
         self, kind: EventKind, done: int = 0, total: int | None = None, message: str = ""
@@ -62,6 +87,8 @@ class ProgressEmitter:
         listener = self.listener
         if listener is not None:
             listener(kind)
+        if kind == "restart" and self.watcher is not None:
+            self.watcher.restarted()
         if self._callback is not None:
             self._callback(ProgressEvent(kind, self._source, done, total, message))
 
@@ -77,3 +104,9 @@ class ProgressEmitter:
         tap = self.tap
         if tap is not None:
             tap(offset, data, total)
+        if self.watcher is not None:
+            self.watcher.hashed(offset, data, total)
+
+    def described(self, info: HubFileInfo) -> None:
+        if self.watcher is not None:
+            self.watcher.described(info)

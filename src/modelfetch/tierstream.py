@@ -669,7 +669,9 @@ class PartFiller:
             with self._lock:
                 # The chunk at the hash frontier also feeds the file's hash as it arrives
                 # (a copy, adopted only if the chunk checks out): no read-back for it.
-                ahead = self._hasher.copy() if index == self.hashed else None
+                # Not when a watcher (the mirror) must see the hashed bytes in file order.
+                at_frontier = index == self.hashed and self.emit.watcher is None
+                ahead = self._hasher.copy() if at_frontier else None
             try:
                 body, announced = self.tier.open_object(key)
             except KeyError:
@@ -730,6 +732,7 @@ class PartFiller:
                 if not piece:
                     raise DownloadError("partial file is shorter than what was written")
                 self._hasher.update(piece)
+                self.emit.hashed(offset, piece, self.size)
                 offset += len(piece)
                 length -= len(piece)
             self.hashed += 1

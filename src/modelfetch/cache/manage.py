@@ -11,7 +11,7 @@ import builtins
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,9 +175,11 @@ class Cache(EntryStore):
         *,
         dry_run: bool = False,
         now: float | None = None,
+        keep: Callable[[CacheEntry], bool] | None = None,
     ) -> PruneReport:
         """Remove parts of dead downloads, entries unused for ``max_age`` seconds, then the
-        least recently used entries until the total is at most ``max_bytes``."""
+        least recently used entries until the total is at most ``max_bytes``. Entries for
+        which ``keep`` says True (in use: the mirror serving them) stay, counted as busy."""
         if not dry_run:
             self.layout.writable()
         report = PruneReport()
@@ -185,25 +187,32 @@ class Cache(EntryStore):
         for directory in list(self._entry_dirs()):
             report.parts_removed += self._prune_parts(directory, dry_run)
         entries = sorted(self.list(), key=lambda e: e.last_used)
-        keep: builtins.list[CacheEntry] = []
+        kept: builtins.list[CacheEntry] = []
         for entry in entries:
             expired = max_age is not None and now - entry.last_used > max_age
-            if not (expired and self._prune_one(entry, report, dry_run)):
-                keep.append(entry)
+            if not (expired and self._prune_one(entry, report, dry_run, keep)):
+                kept.append(entry)
         if max_bytes is not None:
-            total = sum(e.size for e in keep)
-            for entry in keep:  # least recently used first
+            total = sum(e.size for e in kept)
+            for entry in kept:  # least recently used first
                 if total <= max_bytes:
                     break
-                if self._prune_one(entry, report, dry_run):
+                if self._prune_one(entry, report, dry_run, keep):
                     total -= entry.size
         if not dry_run:
             prune_sets(self.layout)
             prune_snapshots(self.layout)
         return report
 
-    def _prune_one(self, entry: CacheEntry, report: PruneReport, dry_run: bool) -> bool:
-        if dry_run or self._remove_dir(entry.directory):
+    def _prune_one(
+        self,
+        entry: CacheEntry,
+        report: PruneReport,
+        dry_run: bool,
+        keep: Callable[[CacheEntry], bool] | None,
+    ) -> bool:
+        in_use = keep is not None and keep(entry)
+        if not in_use and (dry_run or self._remove_dir(entry.directory)):
             report.removed.append(entry)
             report.freed_bytes += entry.size
             return True

@@ -249,6 +249,7 @@ class HubFetcher(SourceFetcher[HubFile]):
             raise DownloadError(
                 f"{source.display}: asked the hub for commit {asked}, it answered for {info.commit}"
             )
+        self.emitter.described(info)
         if info.commit is not None:
             self.pins[pin] = info.commit
             # Everything from now on asks for this commit: a branch moving meanwhile (pushed
