@@ -289,7 +289,26 @@ def download_tools(ctx: Ctx, url: str, repo: str, endpoint: str) -> dict[str, To
             note=f"{n} streams from the start, SHA-256 in order",
         ),
     ]
+    baseline = ctx.args.baseline_src
+    if baseline is not None:
+        baseline = baseline.resolve()  # the same calls, run by another checkout's code
+        env = {**os.environ, "PYTHONPATH": str(baseline)}
+        tools += [
+            Tool(f"{t.name} {BASELINE}", [with_origin_check(t.steps[0], baseline)], env, "")
+            for t in tools
+            if t.name.startswith("modelfetch")
+        ]
     return {t.name: t for t in tools}
+
+
+BASELINE = "[baseline]"
+NAME_WIDTH = 37  # "modelfetch (default) [baseline]" and the like
+
+
+def with_origin_check(cmd: list[str], src: Path) -> list[str]:
+    """``cmd`` (a ``python -c`` tool) failing unless modelfetch is imported from ``src``."""
+    check = f"\nimport modelfetch\nassert modelfetch.__file__.startswith({str(src)!r})\n"
+    return [*cmd[:-1], cmd[-1] + check]
 
 
 def mf_get(
@@ -303,7 +322,12 @@ def mf_get(
 
 
 def pick(tools: dict[str, Tool], names: list[str], only: list[str] | None) -> dict[str, Tool]:
-    chosen = {k: tools[k] for k in names}
+    """``names`` (each followed by its --baseline-src twin, if any), filtered by --tools."""
+    chosen = {}
+    for k in names:
+        chosen[k] = tools[k]
+        if f"{k} {BASELINE}" in tools:
+            chosen[f"{k} {BASELINE}"] = tools[f"{k} {BASELINE}"]
     if only:
         chosen = {k: v for k, v in chosen.items() if any(o.lower() in k.lower() for o in only)}
     return chosen
@@ -319,7 +343,7 @@ def measure(
             before()
             sample = run_tool(tool)
             rows[name].samples.append(sample)
-            print(f"  {label} run {run + 1}/{runs} {name:26} {sample.wall:7.2f}s", flush=True)
+            print(f"  {label} run {run + 1}/{runs} {name:38} {sample.wall:7.2f}s", flush=True)
     return rows
 
 
@@ -333,7 +357,7 @@ def print_download_table(
     widths = {r: max(8, len(r) + 3) for r in ref_walls}
     head = "".join(f" {'vs ' + r:>{widths[r]}}" for r in ref_walls)
     print(
-        f"{'tool':26} {'median wall s':>13} {'in-call s':>10} {'MB/s':>7}{head} "
+        f"{'tool':{NAME_WIDTH}} {'median wall s':>13} {'in-call s':>10} {'MB/s':>7}{head} "
         f"{'peak RSS MiB':>13}  note"
     )
     report = []
@@ -343,8 +367,8 @@ def print_download_table(
         call_text = f"{call:10.2f}" if call == call else f"{'-':>10}"
         ratio_text = "".join(f" {ratio:{widths[r] - 1}.2f}x" for r, ratio in ratios.items())
         print(
-            f"{row.name:26} {wall:13.2f} {call_text} {size / wall / 1e6:7.0f}{ratio_text} "
-            f"{row.peak_rss():13.0f}  {row.note}"
+            f"{row.name:{NAME_WIDTH}} {wall:13.2f} {call_text} {size / wall / 1e6:7.0f}"
+            f"{ratio_text} {row.peak_rss():13.0f}  {row.note}"
         )
         report.append(
             {"tool": row.name, "median_wall_s": wall, "median_call_s": call,
@@ -457,13 +481,13 @@ def scenario_latency(ctx: Ctx) -> object:
         f"  relay check, aria2c -x{n}: straight to nginx {ctx.size / direct / 1e6:.0f} MB/s, "
         f"through the relay (0 ms) {ctx.size / relayed / 1e6:.0f} MB/s"
     )
-    print(f"{'tool':26} {'0 ms s':>8} {'delayed s':>10} {'kept':>7} {'peak RSS MiB':>13}")
+    print(f"{'tool':{NAME_WIDTH}} {'0 ms s':>8} {'delayed s':>10} {'kept':>7} {'peak RSS MiB':>13}")
     report = []
     for name in dict.fromkeys(k.rsplit(" @ ", 1)[0] for k in rows):
         near_row, far_row = rows[f"{name} @ 0 ms"], rows[f"{name} @ {args.latency_ms:g} ms"]
         w0, w1 = near_row.median("wall"), far_row.median("wall")
         rss = max(near_row.peak_rss(), far_row.peak_rss())
-        print(f"{name:26} {w0:8.2f} {w1:10.2f} {w0 / w1:6.2f}x {rss:13.0f}")
+        print(f"{name:{NAME_WIDTH}} {w0:8.2f} {w1:10.2f} {w0 / w1:6.2f}x {rss:13.0f}")
         report.append(
             {"tool": name, "no_delay_wall_s": w0, "delayed_wall_s": w1, "kept": w0 / w1,
              "peak_rss_mib": rss, "runs_no_delay": [s.wall for s in near_row.samples],
@@ -820,6 +844,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-origin", choices=("cdn", "plain"), default="cdn")
     parser.add_argument("--clients", type=int, default=8, help="mirror scenario")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/modelfetch-bench"))
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run every modelfetch download with the package found in this directory "
+        "(another checkout's src/, e.g. from `git archive main src`), interleaved, "
+        'as "... [baseline]"',
+    )
     args = parser.parse_args()
     quick = {"size_mib": 64, "hit_size_mib": 64, "runs": 1, "hit_calls": 10, "cli_calls": 10}
     full = {"size_mib": 1024, "hit_size_mib": 4096, "runs": 3, "hit_calls": 50, "cli_calls": 30}

@@ -4,8 +4,9 @@ It serves bytes with ETag/Last-Modified, single Range requests, If-Range and If-
 and can fail on purpose: status codes with Retry-After, dropped connections mid-body,
 ignoring Range, a wrong Content-Range, 416, redirects, slow bodies, bodies that drip a byte at
 a time or stall (before the headers or mid-body), 206 answers without the ETag, a file that
-changes on the origin after a number of requests, and answers held back until a test says so.
-Every request is logged with its headers so tests can assert what went over the wire.
+changes on the origin after a number of requests, answers held back until a test says so, and
+a delay before every answer (a far origin). Every request is logged with its headers so tests
+can assert what went over the wire, and ``timeline`` orders arrivals and finished bodies.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+def _range_start(header: str | None) -> int:
+    m = _RANGE.match(header or "")
+    return int(m.group(1)) if m else 0
 
 
 @dataclass
@@ -57,6 +63,7 @@ class Resource:
     # Hold the headers of a range request starting at headers_gate_at until the event is set.
     headers_gate: threading.Event | None = None
     headers_gate_at: int | None = None
+    header_delay: float = 0.0  # seconds before every GET is answered (a far origin)
 
     def __post_init__(self) -> None:
         # None means "make one up"; "" means "send none".
@@ -84,6 +91,9 @@ class FaultServer:
         self.closing = threading.Event()
         self.log: list[LoggedRequest] = []
         self.body_bytes: dict[str, int] = {}  # body bytes written per path (origin traffic)
+        # In order: ("request", path, first byte asked) as a GET arrives, ("last", path, first
+        # byte asked) just before the last bytes of its body are written.
+        self.timeline: list[tuple[str, str, int]] = []
         self._lock = threading.Lock()
         server = self
 
@@ -124,6 +134,10 @@ class FaultServer:
                             res.change_after = None
                 if res is None:
                     return self._simple(404, b"not found")
+                if not head:
+                    server.note("request", path, _range_start(self.headers.get("Range")))
+                    if res.header_delay:
+                        server.closing.wait(timeout=res.header_delay)
                 if status is not None:
                     extra = {"Retry-After": res.retry_after} if res.retry_after else {}
                     return self._simple(status, b"injected failure", extra)
@@ -200,6 +214,10 @@ class FaultServer:
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
                             return
+                        if i + len(piece) >= len(body):
+                            # Noted before the client can have it: a request logged before
+                            # this was sent before the body ended.
+                            server.note("last", path, start)
                         self.wfile.write(piece)
                         sent += len(piece)
                         server.count_body(path, len(piece))
@@ -263,6 +281,10 @@ class FaultServer:
         self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def note(self, what: str, path: str, start: int) -> None:
+        with self._lock:
+            self.timeline.append((what, path, start))
 
     def count_body(self, path: str, n: int) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ import pytest
 from devtools.fault_server import FaultServer, Resource
 from devtools.genmodel import random_bytes
 from devtools.nginx import Nginx
-from modelfetch import DownloadError, EnsureOptions, ProgressEvent, ensure
+from modelfetch import DownloadError, EnsureOptions, ModelSource, ProgressEvent, ensure
+from modelfetch.cache.part import load_part_state
+from modelfetch.core.segments import MAX_PIECE
 
 from .conftest import sha256_of
 
@@ -151,3 +153,67 @@ def test_slow_single_stream_ramps_up_to_more_connections(
     assert "Range" not in server.requests_for(PATH)[0].headers
     starts = range_starts(server)
     assert 1 <= len(starts) <= 3 and all(s % MiB == 0 for s in starts)
+
+
+def asked_ranges(server: FaultServer) -> list[tuple[int, int]]:
+    """[start, end) of every range request, in the order they arrived."""
+    out = []
+    for r in server.requests_for(PATH):
+        m = _RANGE.match(r.headers.get("Range", ""))
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)) + 1))
+    return out
+
+
+def test_a_large_file_goes_in_pieces_lowest_first(server: FaultServer, opts: EnsureOptions) -> None:
+    """Bytes ahead of the hash frontier stay within about connections x MAX_PIECE: each
+    connection takes the lowest piece nobody has, so SHA-256 keeps up with the download.
+    (One long range per connection left all but the first one's share to be hashed after
+    the last byte had arrived.)"""
+    data = random_bytes(4 * MAX_PIECE, seed=23)
+    url = server.add(PATH, Resource(data))
+    entry = ensure(url, opts, connections=2, parallel_below_mbps=None)
+    assert entry.sha256 == hashlib.sha256(data).hexdigest() == sha256_of(entry.path)
+    assert "Range" not in server.requests_for(PATH)[0].headers  # the first piece, plain GET
+    asked = asked_ranges(server)
+    assert {MAX_PIECE, 2 * MAX_PIECE, 3 * MAX_PIECE} <= {start for start, _ in asked}
+    assert all(end - start <= MAX_PIECE for start, end in asked)  # (a split halves one)
+
+
+def test_next_piece_is_asked_for_before_the_current_one_ends(
+    server: FaultServer, opts: EnsureOptions
+) -> None:
+    """A far origin (every answer 0.3 s late): a worker sends its next piece's request about
+    one such wait before its current piece ends, so the wait is not paid between pieces."""
+    data = random_bytes(4 * MAX_PIECE, seed=24)
+    # About 25 MB/s per connection: a piece takes 0.6 s to arrive.
+    res = Resource(data, header_delay=0.3, chunk=256 * 1024, delay_per_chunk=0.01)
+    url = server.add(PATH, res)
+    entry = ensure(url, opts, connections=2, parallel_below_mbps=None)
+    assert entry.sha256 == hashlib.sha256(data).hexdigest() == sha256_of(entry.path)
+    assert {start for start, _ in asked_ranges(server)} >= {MAX_PIECE, 3 * MAX_PIECE}
+    # The second piece's worker asked for the fourth piece before the second one's last
+    # bytes had been sent (waiting for them first puts the request after "last").
+    timeline = [(what, start) for what, path, start in server.timeline if path == PATH]
+    assert timeline.index(("request", 3 * MAX_PIECE)) < timeline.index(("last", MAX_PIECE))
+
+
+def test_checkpoint_of_many_pieces_lists_only_unfinished_ones(
+    server: FaultServer, opts: EnsureOptions, cache_dir: Path
+) -> None:
+    """Finished pieces are folded into the next one, so a checkpoint stays short (and under
+    the 4096 segments a checkpoint may hold) however large the file."""
+    data = random_bytes(6 * MAX_PIECE, seed=25)
+    res = Resource(data, drop_after=[len(data)] * 4 + [MiB])  # the fifth request breaks
+    url = server.add(PATH, res)
+    with pytest.raises(DownloadError):
+        ensure(url, opts, connections=2, max_retries=0, parallel_below_mbps=None)
+    src = ModelSource.parse(url)
+    state_path = cache_dir / "entries" / src.entry_dir_name / (src.file_name + ".part.json")
+    state = load_part_state(state_path, src.cache_key)
+    assert state is not None
+    segments = state.segment_list()
+    assert segments[0].pos >= 3 * MAX_PIECE  # three pieces were finished, then folded
+    assert all(not s.done for s in segments[:-1]) and len(segments) <= 4
+    entry = ensure(url, opts, connections=2)
+    assert entry.sha256 == hashlib.sha256(data).hexdigest() == sha256_of(entry.path)

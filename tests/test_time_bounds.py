@@ -27,6 +27,7 @@ from modelfetch import (
     ProgressEvent,
     ensure,
 )
+from modelfetch.core.segments import MAX_PIECE
 
 from .conftest import part_progress, sha256_of
 
@@ -155,6 +156,50 @@ def test_keyboard_interrupt_stops_a_parallel_download_promptly(
     entry = ensure(url, opts, connections=4)
     assert entry.sha256 == sha256_of(entry.path)
     assert all("Range" in r.headers for r in server.requests_for(PATH)[4:])
+
+
+def test_cancel_is_prompt_while_a_request_sent_ahead_waits_for_its_answer(
+    server: FaultServer, opts: EnsureOptions, cache_dir: Path
+) -> None:
+    """A worker's next piece was asked for before its current one ended and the origin holds
+    that answer: a cancel stops the download all the same, and it resumes."""
+    data = random_bytes(4 * MAX_PIECE, seed=42)
+    gate = threading.Event()
+    res = Resource(
+        data,
+        header_delay=0.3,  # a far origin: requests are sent about 0.3 s ahead
+        chunk=256 * 1024,
+        delay_per_chunk=0.01,
+        headers_gate=gate,
+        headers_gate_at=3 * MAX_PIECE,
+    )
+    url = server.add(PATH, res)
+    token = CancelToken()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ensure(url, opts, cancel=token, connections=2, parallel_below_mbps=None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        asked = ("request", PATH, 3 * MAX_PIECE)
+        wait_for(lambda: asked in server.timeline, what="the request sent ahead")
+        started = time.monotonic()
+        token.cancel()
+        worker.join(timeout=PROMPT)
+        took = time.monotonic() - started
+    finally:
+        gate.set()
+    assert not worker.is_alive() and took < PROMPT
+    assert [type(e) for e in errors] == [CancelledError]
+    assert part_progress(cache_dir, url) > 0
+    res.header_delay, res.delay_per_chunk = 0.0, 0.0
+    entry = ensure(url, opts, connections=2)
+    assert entry.sha256 == sha256_of(entry.path) == sha256_of_bytes(data)
 
 
 def test_cli_sigint_stops_a_dripping_download_and_it_resumes(

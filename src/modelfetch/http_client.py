@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -122,6 +123,7 @@ def pool() -> urllib3.PoolManager:
 class Response:
     raw: urllib3.BaseHTTPResponse
     url: str  # the final URL after redirects (unredacted: internal use only)
+    waited: float = 0.0  # seconds from sending the last hop's request to its headers
 
     @property
     def status(self) -> int:
@@ -201,9 +203,10 @@ def open_url(
         send = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
         if origin_of(current) == asked_origin:
             send.update(creds)
+        sent = time.monotonic()
         raw = _send(method, current, send, timeout, cancel)
         if raw.status not in REDIRECTS:
-            return Response(raw, current)
+            return Response(raw, current, time.monotonic() - sent)
         try:
             target = next_hop(
                 current, raw.headers.get("Location"), raw.status, asked_origin, follow_cross_origin

@@ -1,16 +1,19 @@
 """Moving bytes from HTTP responses into a part file: one stream or several, hashed in order.
 
 The part file is covered by *segments* that tile ``[0, total)``; each has a position up to
-which its bytes are on disk. Workers (one thread and one connection each) ``pwrite`` at
-their segment's position. A worker that finishes splits the largest remaining segment in
-two, or takes over a segment whose connection stalled, so slow tails do not hold the
-download back (the way aria2 re-splits, but with no fixed piece list).
+which its bytes are on disk. Workers (one thread and one connection at a time each)
+``pwrite`` at their segment's position. Several workers fetch a large file in pieces,
+lowest first (core/segments.py), so they all work close to the hash frontier; a worker
+sends the request for its next piece shortly before its current piece ends, so a far
+origin's round trip is not paid between pieces. A worker with no piece left splits the
+largest remaining segment in two, or takes over a segment whose connection stalled, so
+slow tails do not hold the download back.
 
 SHA-256 must be computed in file order. A single hasher thread does it: a chunk that lands
 exactly at the hash frontier is handed over in memory (a single stream is never read back),
-and data that arrived out of order is read back with ``pread`` once the frontier reaches it
-(from the page cache, moments after it was written). Buffers come from a fixed pool, so
-memory stays bounded whatever the file size.
+and data that arrived out of order is read back with ``preadv`` once the frontier reaches it
+(from the page cache, moments after it was written: pieces keep it close). Buffers come
+from a fixed pool, so memory stays bounded whatever the file size.
 
 Every second, and whenever the transfer stops, the segment positions are saved to the part
 sidecar after an ``fdatasync``, so a killed process resumes from what is really on disk. A
@@ -41,7 +44,7 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from ..budget import ConnectionBudget
 from ..cancel import CancelToken
 from ..core.retry import RetryableError
-from ..core.segments import Segment, SegmentTable, contiguous_frontier
+from ..core.segments import Segment, SegmentTable, contiguous_frontier, piece_size
 from ..errors import CancelledError, DownloadError, ModelFetchError, storage_error
 from ..fsutil import start_writeback
 from ..http_client import Response
@@ -52,10 +55,17 @@ CHUNK = 1024 * 1024  # read size for local copies and the default for tests
 SINGLE_STREAM_CHUNK = 4 * 1024 * 1024
 PARALLEL_CHUNK = 2 * 1024 * 1024
 SPARE_BUFFERS = 4
-HASH_READ = 4 * 1024 * 1024
+HASH_READ = 1024 * 1024  # read-back buffer of the hasher
+HASH_CLAIM = 8 * 1024 * 1024  # read back at most this much per turn of its loop
 STALL_SECONDS = 5.0  # the default of EnsureOptions.stall_seconds
 PERSIST_SECONDS = 1.0
-RAMP_SECONDS = 0.25
+# One stream's speed is judged every RAMP_TICK from RAMP_FIRST on (bench/run.py: on loopback
+# a 60 MB/s CDN stream and a 1+ GB/s one are told apart from 25 ms on); one that is still
+# fast at RAMP_LAST stays alone. A budget that granted too few is asked every RAMP_RETRY.
+RAMP_FIRST = 0.05
+RAMP_LAST = 0.25
+RAMP_TICK = 0.025
+RAMP_RETRY = 0.25
 FLUSH_SECONDS = 1.0  # a direct-I/O buffer is written out at least this often
 DIRECT_ALIGN = 4096
 WRITEBACK_BYTES = 16 * 1024 * 1024
@@ -120,6 +130,62 @@ def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += n
 
 
+class _Ahead:
+    """The request for a worker's next piece, sent by a helper thread shortly before the
+    current piece ends, so the answer is there when the worker needs it: a far origin's
+    round trip is not paid between pieces (HTTP/1.1 pipelining, on a fresh connection)."""
+
+    def __init__(self, seg: Segment, open_segment: Callable[[], Response]) -> None:
+        self.seg = seg
+        self._open = open_segment
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._resp: Response | None = None
+        self._error: BaseException | None = None
+        self._abandoned = False
+        threading.Thread(target=self._run, name="modelfetch-ahead", daemon=True).start()
+
+    def _run(self) -> None:
+        resp: Response | None = None
+        error: BaseException | None = None
+        try:
+            resp = self._open()
+        except BaseException as exc:  # handed to the worker, which raises it as its own
+            error = exc
+        with self._lock:
+            abandoned = self._abandoned
+            self._resp, self._error = resp, error
+        if abandoned and resp is not None:
+            resp.close()
+        self._ready.set()
+
+    def take(self, stopped: Callable[[], bool]) -> Response | None:
+        """The answer (or the request's exception, raised); None if the transfer stopped
+        meanwhile. Waits only while the request is under way, bounded by its timeouts."""
+        while not self._ready.wait(0.25):
+            if stopped():
+                self.abandon()
+                return None
+        if self._error is not None:
+            raise self._error
+        return self._resp
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            resp, self._resp = self._resp, None
+        if resp is not None:
+            resp.close()
+
+
+@dataclass
+class _Lane:
+    """A worker's request sent ahead for its next piece, if any."""
+
+    ahead: _Ahead | None = None
+    asked: bool = False  # for the current piece
+
+
 class Transfer:
     """One attempt at filling a part file. Raises TransferRetry, RangeUnsupported,
     DownloadError or CancelledError; on success returns (sha256 hex, total bytes)."""
@@ -148,20 +214,20 @@ class Transfer:
         flight); ``stop`` fires when the transfer stops, to interrupt the wait."""
         self.fd = fd
         self.direct_fd = direct_fd
-        self.table = SegmentTable(segments)
+        self.connections = max(1, connections)
+        self.table = SegmentTable(segments, piece_size(total, self.connections))
         self.segments = segments  # the table's list, shared
         self.total = total
         self.open_segment = open_segment
         self.persist_cb = persist
         self.on_bytes = on_bytes
         self.cancel = cancel
-        self.connections = max(1, connections)
         # Connections beyond the first are granted by a budget shared with other downloads.
         self.budget = budget
         # A connection silent this long has its remainder taken over by an idle worker.
         self.stall_seconds = stall_seconds
         # None: all connections from the start. A rate (bytes/s): start with one stream and
-        # add the others only if it delivers less than that after RAMP_SECONDS.
+        # add the others only if it delivers less than that (judged from RAMP_FIRST on).
         self.ramp_below = ramp_below if self.connections > 1 else None
         self.cond = threading.Condition()
         self.claim = 0  # end of the bytes hashed or queued for hashing
@@ -183,19 +249,49 @@ class Transfer:
         self.initial_done = sum(s.pos - s.start for s in segments)
         self.running = 0
         self.live: dict[int, Response] = {}  # worker thread id -> its open response
+        # Sending a piece's request before the previous piece ends opens one more connection
+        # for a moment: not for a batch whose connections a budget counts.
+        self.send_ahead = budget is None and self.connections > 1
+        self.header_wait = 0.0  # seconds from a request to its answer's headers (smoothed)
 
     # -- bookkeeping (call with self.cond held) --------------------------------------------
     def _next_work(self) -> Segment | None:
         return self.table.next_work(time.monotonic(), self.stall_seconds)
 
     def _ramp_up(self) -> int:
-        """Split the largest remaining segment for new workers, as many as the shared budget
-        grants. Returns how many workers to start."""
+        """Leave the running segment one piece and the rest to new workers, as many as the
+        shared budget grants. Returns how many workers to start."""
         wanted = self.table.ramp_room(self.connections - self.running)
         if wanted < 1:
             return 0
         granted = self.budget.try_acquire(wanted) if self.budget else wanted
-        return self.table.ramp_split(1 + granted)
+        if granted > 0 and self.table.ramp_cut():
+            return granted
+        if self.budget is not None and granted > 0:
+            self.budget.release(granted)
+        return 0
+
+    def _open_timed(self, start: int, end: int) -> Response:
+        resp = self.open_segment(start, end, self.stop)
+        self._waited(resp.waited)
+        return resp
+
+    def _waited(self, seconds: float) -> None:
+        """Learn how long the origin takes to answer a request (smoothed)."""
+        with self.cond:
+            old = self.header_wait
+            self.header_wait = seconds if not old else 0.7 * old + 0.3 * seconds
+
+    def _send_ahead(self) -> _Ahead | None:
+        with self.cond:
+            if self.abort:
+                return None
+            seg = self.table.next_piece(time.monotonic())
+            if seg is None:
+                return None
+            start, end = seg.pos, seg.end
+        assert end is not None
+        return _Ahead(seg, lambda: self._open_timed(start, end))
 
     def _work_or_exit(self) -> Segment | None:
         """Next piece of work; while other segments are still running, linger so a stall
@@ -207,13 +303,16 @@ class Transfer:
             self.cond.wait(0.25)
 
     # -- threads ---------------------------------------------------------------------------
-    def _pump(self, resp: Response, seg: Segment) -> None:
+    def _pump(self, resp: Response, seg: Segment, lane: _Lane) -> None:
         """Move one response's body into the segment.
 
         Buffered mode writes every read. Direct mode (O_DIRECT) fills a page-aligned buffer
         and writes whole aligned blocks, carrying an unaligned remainder (< 4 KiB) into the
         next buffer, so bytes skip the page cache and need no writeback at the end. Either
         way a segment's position only moves after its bytes are written.
+
+        When the rest of the piece will take about as long as a request takes to be
+        answered, the next piece's request is sent (``lane.ahead``).
         """
         with self.cond:
             # Only bytes at the hash frontier skip the page cache: they are hashed from the
@@ -222,8 +321,8 @@ class Transfer:
             at_frontier = contiguous_frontier(self.segments) >= seg.pos
         direct = self.direct_fd is not None and seg.pos % DIRECT_ALIGN == 0 and at_frontier
         buf = self._buffer()
-        fill = 0
-        since = time.monotonic()
+        fill = got = 0
+        since = started = time.monotonic()
         try:
             while buf is not None:
                 if self.cancel is not None and self.cancel.cancelled:
@@ -246,10 +345,13 @@ class Transfer:
                             self.cond.notify_all()
                     return
                 fill += n
+                got += n
                 now = time.monotonic()
                 with self.cond:
                     seg.last_progress = now  # bytes are arriving: not stalled
                     seg.pending = fill
+                if limit is not None and not lane.asked:
+                    self._maybe_send_ahead(lane, got, limit - fill, now - started)
                 final = limit is not None and fill >= limit
                 if not direct or final or fill == len(buf) or now - since >= FLUSH_SECONDS:
                     buf, fill = self._flush(seg, buf, fill, direct=direct, final=final)
@@ -264,6 +366,17 @@ class Transfer:
                     buf, fill = self._flush(seg, buf, fill, direct=False, final=True)
                 if buf is not None:
                     self.pool.put(buf)
+
+    def _maybe_send_ahead(self, lane: _Lane, got: int, left: int, elapsed: float) -> None:
+        """Send the next piece's request if the ``left`` bytes of this one will arrive
+        within about one request-to-headers wait (judged once half the piece is in, so a
+        first burst out of the socket buffer does not count as the connection's speed)."""
+        if not self.send_ahead or got < left or elapsed <= 0:
+            return
+        lead = 1.2 * self.header_wait + 0.002
+        if left <= got / elapsed * lead:
+            lane.asked = True
+            lane.ahead = self._send_ahead()
 
     def _flush(
         self, seg: Segment, buf: memoryview, fill: int, *, direct: bool, final: bool
@@ -321,6 +434,7 @@ class Transfer:
 
     def _worker(self, seg: Segment | None, resp: Response | None, extra: bool = False) -> None:
         me = threading.get_ident()
+        lane = _Lane()
         try:
             if seg is None:
                 with self.cond:
@@ -328,16 +442,13 @@ class Transfer:
             while seg is not None:
                 try:
                     if resp is None:
-                        with self.cond:
-                            start, end = seg.pos, seg.end
-                        if end is not None and start < end:
-                            resp = self.open_segment(start, end, self.stop)
+                        resp = self._answer(seg, lane)
                     if resp is not None:
                         with self.cond:
                             if self.abort:
                                 return
                             self.live[me] = resp
-                        self._pump(resp, seg)
+                        self._pump(resp, seg, lane)
                 except TRANSPORT_ERRORS as exc:
                     with self.cond:
                         # A connection shut down because the transfer stopped, or a
@@ -361,12 +472,14 @@ class Transfer:
                             f"connection ended early at byte {seg.pos}", progressed=True
                         )
                     seg.active = False
-                    seg = self._work_or_exit()
+                    seg = lane.ahead.seg if lane.ahead is not None else self._work_or_exit()
         except BaseException as exc:
             if isinstance(exc, OSError) and not isinstance(exc, TRANSPORT_ERRORS):
                 exc = storage_error(exc, "the partial file")
             self._stop(exc)
         finally:
+            if lane.ahead is not None:
+                lane.ahead.abandon()
             if resp is not None:
                 resp.close()
             if extra and self.budget is not None:
@@ -375,7 +488,21 @@ class Transfer:
                 self.running -= 1
                 self.cond.notify_all()
 
+    def _answer(self, seg: Segment, lane: _Lane) -> Response | None:
+        """The response for ``seg``: the one sent ahead for it, or a new request."""
+        ahead, lane.ahead, lane.asked = lane.ahead, None, False
+        if ahead is not None and ahead.seg is seg:
+            return ahead.take(lambda: self.abort)
+        if ahead is not None:
+            ahead.abandon()
+        with self.cond:
+            start, end = seg.pos, seg.end
+        if end is None or start >= end:
+            return None
+        return self._open_timed(start, end)
+
     def _hash_loop(self) -> None:
+        scratch = memoryview(bytearray(HASH_READ))
         try:
             while True:
                 with self.cond:
@@ -387,7 +514,7 @@ class Transfer:
                         frontier = contiguous_frontier(self.segments)
                         if frontier > self.claim:
                             start = self.claim
-                            n = min(frontier - start, HASH_READ)
+                            n = min(frontier - start, HASH_CLAIM)
                             self.claim += n
                             break
                         if self.total is not None and self.claim >= self.total:
@@ -401,15 +528,20 @@ class Transfer:
                     self._hash(buf[:n])
                     self.pool.put(buf)
                 else:
-                    while n > 0:
-                        data = os.pread(self.fd, min(n, HASH_READ), start)
-                        if not data:
-                            raise DownloadError("partial file is shorter than what was written")
-                        self._hash(data)
-                        start += len(data)
-                        n -= len(data)
+                    self._hash_from_file(start, n, scratch)
         except BaseException as exc:
             self._stop(exc)
+
+    def _hash_from_file(self, start: int, n: int, scratch: memoryview) -> None:
+        """Hash bytes that were written ahead of the frontier, read back from the page
+        cache into one reused buffer (no allocation per read)."""
+        while n > 0:
+            got = os.preadv(self.fd, [scratch[: min(n, len(scratch))]], start)
+            if not got:
+                raise DownloadError("partial file is shorter than what was written")
+            self._hash(scratch[:got])
+            start += got
+            n -= got
 
     def _hash(self, data: memoryview | bytes) -> None:
         self.hasher.update(data)
@@ -423,6 +555,8 @@ class Transfer:
     def run(self, first: tuple[Segment, Response] | None) -> tuple[str, int]:
         hasher = threading.Thread(target=self._hash_loop, name="modelfetch-hash", daemon=True)
         hasher.start()
+        if first is not None:
+            self._waited(first[1].waited)
         with self.cond:
             assignments: list[tuple[Segment | None, Response | None]] = []
             if first is not None:
@@ -434,6 +568,8 @@ class Transfer:
             if self.budget is not None and start_with > 1:
                 start_with = 1 + self.budget.try_acquire(start_with - 1)
             granted = start_with - 1
+            if first is not None and start_with > 1:
+                self.table.cut(first[0], self.table.piece)  # the first answer serves a piece
             while len(assignments) < start_with:
                 seg = self._next_work()
                 if seg is None:
@@ -490,11 +626,12 @@ class Transfer:
     def _coordinate(self, threads: list[threading.Thread], ramp_pending: bool) -> None:
         """Report progress, ramp up, start writeback, checkpoint, watch the speed."""
         last_persist = started = time.monotonic()
-        next_ramp = RAMP_SECONDS
+        next_ramp = RAMP_FIRST
         speed = _SpeedWindow(self.low_speed)
         while True:
+            early = ramp_pending and time.monotonic() - started < RAMP_LAST
             with self.cond:
-                self.cond.wait(0.1)
+                self.cond.wait(RAMP_TICK if early else 0.1)
                 running, done = self.running, self.table.shown_bytes()
                 everything_on_disk = bool(self.segments) and all(s.done for s in self.segments)
             if running and everything_on_disk:
@@ -511,17 +648,7 @@ class Transfer:
                 self._stop(LowSpeedError(self.low_speed.limit, self.low_speed.seconds))
             elapsed = now - started
             if ramp_pending and elapsed >= next_ramp:
-                ramp_pending = False
-                next_ramp = elapsed + RAMP_SECONDS
-                assert self.ramp_below is not None
-                if (done - self.initial_done) / elapsed < self.ramp_below:
-                    threads.extend(self._spawn_more())
-                    # A shared budget may have granted fewer than wanted: ask again later,
-                    # when other downloads may have handed some back.
-                    with self.cond:
-                        ramp_pending = self.budget is not None and (
-                            self.running < self.connections and not self.abort
-                        )
+                ramp_pending, next_ramp = self._ramp(threads, done, elapsed)
             self._start_writeback()
             if now - last_persist >= PERSIST_SECONDS:
                 try:
@@ -529,6 +656,21 @@ class Transfer:
                 except ModelFetchError as exc:  # a full disk: stop the workers too
                     self._stop(exc)
                 last_persist = time.monotonic()
+
+    def _ramp(
+        self, threads: list[threading.Thread], done: int, elapsed: float
+    ) -> tuple[bool, float]:
+        """Add connections if the transfer so far is slower than ``ramp_below``. Returns
+        whether to look again, and when."""
+        assert self.ramp_below is not None
+        if (done - self.initial_done) / elapsed >= self.ramp_below:
+            return elapsed < RAMP_LAST, elapsed + RAMP_TICK
+        threads.extend(self._spawn_more())
+        # A shared budget may have granted fewer than wanted: ask again later, when other
+        # downloads may have handed some back.
+        with self.cond:
+            again = self.budget is not None and self.running < self.connections and not self.abort
+        return again, elapsed + RAMP_RETRY
 
     def _join(self, threads: list[threading.Thread]) -> BaseException | None:
         """Wait for every worker (they write into our descriptor, which the caller closes
@@ -551,16 +693,19 @@ class Transfer:
             self.pool.put(memoryview(m))
 
     def _start_writeback(self) -> None:
-        """Get the kernel writing every segment's new bytes to disk while more arrive, so
-        the final fdatasync has little left (direct-I/O bytes are on disk already)."""
+        """Get the kernel writing every segment's new bytes, and every finished piece, to
+        disk while more arrive, so the final fdatasync has little left (direct-I/O bytes are
+        on disk already)."""
         with self.cond:
             ranges = []
             for seg in self.segments:
                 if seg.written_back < seg.start:
                     seg.written_back = seg.start
-                if seg.pos - seg.written_back >= WRITEBACK_BYTES:
-                    ranges.append((seg.written_back, seg.pos - seg.written_back))
+                behind = seg.pos - seg.written_back
+                if behind >= WRITEBACK_BYTES or (seg.done and behind > 0):
+                    ranges.append((seg.written_back, behind))
                     seg.written_back = seg.pos
+            self.table.compact()
         for offset, length in ranges:
             start_writeback(self.fd, offset, length)
 

@@ -52,7 +52,7 @@ from ..core.retry import (
     Wait,
     decide,
 )
-from ..core.segments import MIN_SPLIT, Segment, contiguous_frontier, split_segments
+from ..core.segments import MIN_SPLIT, Segment, contiguous_frontier
 from ..errors import DownloadError, IntegrityError, storage_error
 from ..fsutil import lstat_regular, unlink_quiet
 from ..http_client import Response, open_url
@@ -231,13 +231,8 @@ class HttpDownloader:
                     self.emit.emit("restart", message=verdict.reason)
                 new_state = PartState(cache_key, etag, last_modified, total, expected)
                 parallel = self._parallel_eligible(resp, new_state, total)
-                adaptive = self.opts.parallel_below_mbps is not None
-                segments = (
-                    split_segments(total, self.opts.connections)
-                    if parallel and total is not None and not adaptive
-                    else [Segment(0, total, 0)]
-                )
-                first = segments[0]
+                first = Segment(0, total, 0)  # the transfer hands out pieces of it
+                segments = [first]
                 fresh = True
                 connections = self.opts.connections if parallel else 1
             else:
