@@ -5,7 +5,7 @@ and runs it there with ``python -I`` from a fresh venv holding only the wheel an
 dependencies, so nothing can come from the source tree. Standard library only. Every
 step prints one line; the first failure exits with status 1.
 
-    python -I wheel_smoke.py --version 0.1.0
+    python -I wheel_smoke.py --version 0.2.0
 """
 
 from __future__ import annotations
